@@ -1,0 +1,1 @@
+"""Thin command-line entry points (one program, Hydra overrides after the subcommand)."""

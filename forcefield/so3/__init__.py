@@ -1,0 +1,1 @@
+"""forcefield.so3"""

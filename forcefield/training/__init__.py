@@ -1,0 +1,1 @@
+"""forcefield.training"""
