@@ -1,0 +1,213 @@
+"""Precomputed float64 tables for the three Gaunt product methods (cached per process).
+
+* Sphere quadrature: Gauss-Legendre in cos(beta) x uniform alpha, exact for polynomials
+  of a requested total degree on the sphere.
+* Real Gaunt coefficients G[l1m1, l2m2, lm] = int Y_l1m1 Y_l2m2 Y_lm, by exact quadrature.
+* 2D Fourier tables: spherical harmonics -> Fourier coefficients of the sign-extended
+  function on the torus (theta in [0, 2 pi)), and the projection back to spherical
+  harmonics with the sin(theta) measure, in closed form.
+
+All tables are NumPy float64 arrays; modules cast them once per dtype and device.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+
+from forcefield.so3.spherical_harmonics import spherical_harmonics
+
+_ZERO_TOLERANCE = 1e-13
+
+
+def _unit_vectors(polar: np.ndarray, azimuth: np.ndarray) -> np.ndarray:
+    """Unit vectors for e3nn's angles: y = cos(polar), x = sin sin(az), z = sin cos(az)."""
+    s = np.sin(polar)
+    return np.stack([s * np.sin(azimuth), np.cos(polar), s * np.cos(azimuth)], axis=-1)
+
+
+def _sh_numpy(lmax: int, unit_vectors: np.ndarray) -> np.ndarray:
+    """Spherical harmonics of unit vectors in float64, as a NumPy array [..., (lmax+1)^2]."""
+    vectors = torch.as_tensor(unit_vectors, dtype=torch.float64)
+    return spherical_harmonics(lmax, vectors, normalize=False).numpy()
+
+
+@cache
+def sphere_quadrature(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points [P, 3] and weights [P] integrating every polynomial of total degree <= degree.
+
+    Gauss-Legendre with n_beta = degree // 2 + 1 nodes in cos(beta) is exact to degree
+    2 n_beta - 1 >= degree; n_alpha = degree + 1 uniform azimuths integrate e^{i k alpha}
+    exactly for |k| <= degree.  The weights sum to 4 pi.
+    """
+    n_beta = degree // 2 + 1
+    n_alpha = degree + 1
+    nodes, gl_weights = np.polynomial.legendre.leggauss(n_beta)
+    polar = np.arccos(nodes)
+    azimuth = 2.0 * np.pi * np.arange(n_alpha) / n_alpha
+    polar_grid, azimuth_grid = np.meshgrid(polar, azimuth, indexing="ij")
+    points = _unit_vectors(polar_grid, azimuth_grid).reshape(-1, 3)
+    weights = np.repeat(gl_weights, n_alpha) * (2.0 * np.pi / n_alpha)
+    return points, weights
+
+
+@cache
+def grid_tables(lmax1: int, lmax2: int, lmax_out: int, order: int = 2) -> tuple[np.ndarray, ...]:
+    """Tables of the grid method for a product of ``order`` factors.
+
+    Returns (Y1 [D1, P], Y2 [D2, P], projection [P, D_out]) where Y evaluate the inputs on
+    the grid and ``projection`` integrates against Y_out with the quadrature weights.
+    For powers (``order`` > 2) lmax2 is ignored and the grid integrates order*lmax1+lmax_out.
+    """
+    degree = (order * lmax1 if order > 2 else lmax1 + lmax2) + lmax_out
+    points, weights = sphere_quadrature(degree)
+    y1 = _sh_numpy(lmax1, points).T.copy()
+    y2 = _sh_numpy(lmax2, points).T.copy()
+    projection = _sh_numpy(lmax_out, points) * weights[:, None]
+    return y1, y2, projection
+
+
+@cache
+def gaunt_coefficients(lmax1: int, lmax2: int, lmax_out: int) -> np.ndarray:
+    """Real Gaunt coefficients G[l1m1, l2m2, lm] = int_{S^2} Y_l1m1 Y_l2m2 Y_lm, float64.
+
+    Computed by a quadrature exact for degree lmax1 + lmax2 + lmax_out; entries below
+    1e-13 (round-off of exact zeros, e.g. odd l1 + l2 + l) are set to exactly zero.
+    """
+    points, weights = sphere_quadrature(lmax1 + lmax2 + lmax_out)
+    y1 = _sh_numpy(lmax1, points)
+    y2 = _sh_numpy(lmax2, points)
+    y3 = _sh_numpy(lmax_out, points) * weights[:, None]
+    table = np.einsum("pi,pj,pk->ijk", y1, y2, y3)
+    table[np.abs(table) < _ZERO_TOLERANCE] = 0.0
+    return table
+
+
+def _fourier_of_sh(lmax: int) -> np.ndarray:
+    """Exact 2D Fourier coefficients c[lm, u, v] of the sign-extended Y_lm, |u|, |v| <= lmax.
+
+    With theta in [0, 2 pi) and the point (sin t sin p, cos t, sin t cos p), each Y_lm is a
+    trigonometric polynomial of degree <= l in t and exactly |m| in p; a DFT on a uniform
+    (2 lmax + 1)^2 torus grid recovers its coefficients without aliasing.  Index u + lmax.
+    """
+    size = 2 * lmax + 1
+    angles = 2.0 * np.pi * np.arange(size) / size
+    theta, phi = np.meshgrid(angles, angles, indexing="ij")
+    values = _sh_numpy(lmax, _unit_vectors(theta, phi))  # [size, size, D]
+    coefficients = np.fft.fft2(values, axes=(0, 1)) / size**2
+    coefficients = np.fft.fftshift(coefficients, axes=(0, 1))
+    return np.moveaxis(coefficients, -1, 0)  # [D, u, v] with u, v from -lmax to lmax
+
+
+def _sin_moment(k: np.ndarray) -> np.ndarray:
+    """S(k) = int_0^pi e^{i k t} sin t dt, in closed form."""
+
+    def plain(n: np.ndarray) -> np.ndarray:  # int_0^pi e^{i n t} dt
+        out = np.zeros(n.shape, dtype=complex)
+        out[n == 0] = np.pi
+        odd = n % 2 != 0
+        out[odd] = 2j / n[odd]
+        return out
+
+    return (plain(k + 1) - plain(k - 1)) / 2j
+
+
+def _m_groups(lmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each |m| = k <= lmax, the coefficient indices with that |m| (padded with -1).
+
+    Returns (index [lmax+1, 2(lmax+1)], valid mask).  Order inside a group: (l, +k), (l, -k).
+    """
+    width = 2 * (lmax + 1)
+    index = -np.ones((lmax + 1, width), dtype=np.int64)
+    for k in range(lmax + 1):
+        slots = []
+        for l in range(k, lmax + 1):
+            slots.append(l * l + l + k)
+            if k > 0:
+                slots.append(l * l + l - k)
+        index[k, : len(slots)] = slots
+    return index, index >= 0
+
+
+@cache
+def fourier_analysis_table(lmax: int, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+    """SH -> half-spectrum Fourier table, block-sparse over the azimuthal order.
+
+    Returns (gather index [K, W] into the coefficient vector, -1 for padding, and
+    table [K, W, 2 n_theta]) with K = lmax + 1: for azimuthal frequency v = k >= 0, the
+    coefficients with |m| = k map to Re (first n_theta) and Im (last n_theta) of
+    F[u, k] for u in FFT order.  O(lmax^3) work instead of O(lmax^4).
+    """
+    coefficients = _fourier_of_sh(lmax)
+    index, valid = _m_groups(lmax)
+    width = index.shape[1]
+    table = np.zeros((lmax + 1, width, 2 * n_theta))
+    for k in range(lmax + 1):
+        for slot in range(width):
+            if not valid[k, slot]:
+                continue
+            column = coefficients[index[k, slot], :, lmax + k]  # u = -lmax..lmax at v = +k
+            row = np.zeros(n_theta, dtype=complex)
+            for u in range(-lmax, lmax + 1):
+                row[u % n_theta] += column[u + lmax]
+            table[k, slot, :n_theta] = row.real
+            table[k, slot, n_theta:] = row.imag
+    return index, table
+
+
+@cache
+def fourier_synthesis_table(lmax_out: int, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half-spectrum Fourier -> SH projection, block-sparse over azimuthal order.
+
+    For a real function with coefficients H[u, v] (u in FFT order of length n_theta,
+    v >= 0 stored, H[u, -v] = conj H[-u, v]), out_lm = int f Y_lm sin t dt dp depends only
+    on v = |m|.  Returns (index [K, W] of output coefficients per k, -1 for padding, and
+    table [K, 2 n_theta, W]) acting on [Re H[:, k], Im H[:, k]].
+    """
+    coefficients = _fourier_of_sh(lmax_out)  # [D, u', v'] centred
+    index, valid = _m_groups(lmax_out)
+    width = index.shape[1]
+    table = np.zeros((lmax_out + 1, 2 * n_theta, width))
+    u_values = np.arange(n_theta)
+    u_values = np.where(u_values <= n_theta // 2, u_values, u_values - n_theta)  # FFT order
+    u_prime = np.arange(-lmax_out, lmax_out + 1)
+    # P[lm, u, v] = 2 pi sum_u' c_lm[u', -v] S(u + u')
+    moments = _sin_moment(u_values[:, None] + u_prime[None, :])  # [n_theta, 2L+1]
+    for k in range(lmax_out + 1):
+        for slot in range(width):
+            if not valid[k, slot]:
+                continue
+            c = coefficients[index[k, slot]]
+            p_plus = 2 * np.pi * moments @ c[:, lmax_out - k]  # P[u, +k]
+            p_minus = 2 * np.pi * moments @ c[:, lmax_out + k]  # P[u, -k]
+            if k == 0:
+                real, imag = p_plus.real, -p_plus.imag
+            else:
+                # H[u, -k] = conj H[-u, k]: fold P[-u, -k] onto the stored half spectrum.
+                flipped = p_minus[(-np.arange(n_theta)) % n_theta]
+                real = p_plus.real + flipped.real
+                imag = -p_plus.imag + flipped.imag
+            table[k, :n_theta, slot] = real
+            table[k, n_theta:, slot] = imag
+    return index, table
+
+
+def fourier_sizes(lmax_product: int, lmax_out: int) -> tuple[int, int]:
+    """Torus grid (n_theta, n_phi) on which a product of degree lmax_product is alias-free.
+
+    All polar frequencies |u| <= lmax_product are needed exactly (the projection is dense
+    in u); azimuthal frequencies only up to lmax_out, so aliases may fold above it.
+    """
+    return 2 * lmax_product + 1, lmax_product + lmax_out + 1
+
+
+__all__ = [
+    "fourier_analysis_table",
+    "fourier_sizes",
+    "fourier_synthesis_table",
+    "gaunt_coefficients",
+    "grid_tables",
+    "sphere_quadrature",
+]

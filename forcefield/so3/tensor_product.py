@@ -1,0 +1,306 @@
+"""The Gaunt tensor product and Gaunt powers, by three exact methods.
+
+``GauntTensorProduct(l1, l2, lout)(x1, x2)`` returns the spherical-harmonic expansion (up to
+degree lout) of the pointwise product of the functions x1 and x2 on the sphere;
+``GauntPowers(l, nu, lout)(x)`` returns x, x^2, ..., x^nu the same way while transforming x
+only once.  Methods (all exact to round-off, see notes/gaunt.md):
+
+* ``dense``: contraction with the real Gaunt coefficients (best for small degrees);
+* ``grid``: values on a Gauss-Legendre x uniform sphere grid just large enough to be exact;
+* ``fourier``: the paper's route, SH -> 2D Fourier (block-sparse), FFT product, projection;
+* ``auto``: the fastest of them for the degrees, dtype and device (see ``select_method``).
+
+The modules have no parameters.  Tables are built once in float64 and cast once per
+(dtype, device), so float64 results keep full precision whatever the module was moved to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from forcefield.so3.spherical_harmonics import check_lmax, num_coefficients
+from forcefield.so3.tables import (
+    fourier_analysis_table,
+    fourier_sizes,
+    fourier_synthesis_table,
+    gaunt_coefficients,
+    grid_tables,
+)
+
+METHODS = ("auto", "dense", "fourier", "grid")
+
+
+def select_method(
+    lmax1: int,
+    lmax2: int,
+    lmax_out: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    order: int = 2,
+) -> str:
+    """The fastest exact method for these degrees, by the rule measured in
+    ``scripts/bench_tensor_product.py`` (README, Benchmarks).
+
+    The dense contraction costs D1 * D2 * D_out per row, the grid method about
+    (D1 + D2 + D_out) * P with P ~ (l1 + l2 + lout)^2 / 2 points; Fourier's FFTs have a
+    large constant on CPU at these sizes.  Dense wins only while the largest degree is at
+    most 1 (products) or the power input is a scalar; the grid wins above.
+    """
+    del dtype  # the measured crossover is the same in float32 and float64
+    on_gpu = torch.device(device).type == "cuda"
+    if order > 2:
+        return "dense" if lmax1 == 0 else "grid"
+    largest = max(lmax1, lmax2, lmax_out)
+    if largest <= (1 if not on_gpu else 1):
+        return "dense"
+    return "grid"
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+def _check_input(name: str, x: Tensor, lmax: int) -> None:
+    expected = num_coefficients(lmax)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] != expected:
+        raise ValueError(
+            f"{name} must have last dimension (lmax+1)**2 = {expected} for lmax={lmax}, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def _check_pair(x1: Tensor, x2: Tensor) -> None:
+    if x1.dtype != x2.dtype:
+        raise ValueError(f"x1 and x2 must have the same dtype, got {x1.dtype} and {x2.dtype}")
+    if x1.device != x2.device:
+        raise ValueError(f"x1 and x2 must be on the same device, got {x1.device} and {x2.device}")
+    try:
+        torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"the leading dimensions of x1 {tuple(x1.shape[:-1])} and x2 "
+            f"{tuple(x2.shape[:-1])} do not broadcast"
+        ) from None
+
+
+class _Tables:
+    """Float64 master tables with a cache of copies per (dtype, device)."""
+
+    def __init__(self, **tables: np.ndarray) -> None:
+        self._master = {name: torch.as_tensor(value) for name, value in tables.items()}
+        self._cache: dict[tuple[torch.dtype, torch.device], dict[str, Tensor]] = {}
+
+    def get(self, like: Tensor) -> dict[str, Tensor]:
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = {
+                name: value.to(device=like.device, dtype=like.dtype if value.is_floating_point()
+                               else value.dtype)
+                for name, value in self._master.items()
+            }
+        return self._cache[key]
+
+
+def _batched_blocks(x: Tensor, index: Tensor, table: Tensor) -> Tensor:
+    """Block-sparse linear map: gather x[..., index[k]] and multiply by table[k] for each k.
+
+    x [..., D], index [K, W] (value D = zero padding), table [K, W, N] -> [K, ..., N].
+    """
+    padded = torch.cat([x, x.new_zeros(x.shape[:-1] + (1,))], dim=-1)
+    gathered = padded[..., index]  # [..., K, W]
+    lead = gathered.shape[:-2]
+    blocks = gathered.reshape(-1, *index.shape).transpose(0, 1)  # [K, B, W]
+    return torch.bmm(blocks, table).reshape(index.shape[0], *lead, table.shape[-1])
+
+
+class _FourierTransform:
+    """SH coefficients <-> values on a torus grid via block-sparse tables and real FFTs."""
+
+    def __init__(self, lmax_in: tuple[int, ...], lmax_product: int, lmax_out: int) -> None:
+        widest = max(lmax_in)
+        n_theta, n_phi = fourier_sizes(lmax_product, lmax_out)
+        self.n_theta, self.n_phi = n_theta, max(n_phi, 2 * widest + 1)
+        self.lmax_in = lmax_in
+        self.lmax_out = lmax_out
+        tables = {}
+        for slot, lmax in enumerate(lmax_in):
+            index, table = fourier_analysis_table(lmax, self.n_theta)
+            tables[f"index{slot}"] = np.where(index < 0, num_coefficients(lmax), index)
+            tables[f"analysis{slot}"] = table
+        index, table = fourier_synthesis_table(lmax_out, self.n_theta)
+        width = index.shape[1]
+        flat = np.full(num_coefficients(lmax_out), -1, dtype=np.int64)
+        for k in range(index.shape[0]):
+            for s in range(width):
+                if index[k, s] >= 0:
+                    flat[index[k, s]] = k * width + s
+        tables["synthesis"] = table
+        tables["output_order"] = flat
+        self.tables = _Tables(**tables)
+
+    def to_grid(self, x: Tensor, slot: int, t: dict[str, Tensor]) -> Tensor:
+        """Values of the function x on the (n_theta, n_phi) torus grid: [..., n_theta, n_phi]."""
+        blocks = _batched_blocks(x, t[f"index{slot}"], t[f"analysis{slot}"])  # [K, ..., 2N]
+        spectrum = torch.complex(blocks[..., : self.n_theta], blocks[..., self.n_theta :])
+        spectrum = spectrum.movedim(0, -1)  # [..., n_theta(u), K(v)]
+        pad = self.n_phi // 2 + 1 - spectrum.shape[-1]
+        spectrum = nn.functional.pad(spectrum, (0, pad))
+        return torch.fft.irfft2(spectrum, s=(self.n_theta, self.n_phi), norm="forward")
+
+    def from_grid(self, values: Tensor, t: dict[str, Tensor]) -> Tensor:
+        """Project torus-grid values [..., n_theta, n_phi] onto Y_lm, l <= lmax_out."""
+        spectrum = torch.fft.rfft2(values, norm="forward")[..., : self.lmax_out + 1]
+        parts = torch.cat([spectrum.real, spectrum.imag], dim=-2)  # [..., 2N, K]
+        lead = parts.shape[:-2]
+        blocks = parts.reshape(-1, *parts.shape[-2:]).permute(2, 0, 1)  # [K, B, 2N]
+        projected = torch.bmm(blocks, t["synthesis"])  # [K, B, W]
+        flat = projected.permute(1, 0, 2).reshape(*lead, -1)
+        return flat[..., t["output_order"]]
+
+
+class GauntTensorProduct(nn.Module):
+    """Gaunt tensor product: the degree-<=lmax_out expansion of f1(r) * f2(r) on the sphere.
+
+    ``forward(x1 [..., (lmax1+1)^2], x2 [..., (lmax2+1)^2]) -> [..., (lmax_out+1)^2]`` with
+    broadcasting of the leading dimensions (e.g. nodes x channels against nodes x 1).
+    """
+
+    def __init__(self, lmax1: int, lmax2: int, lmax_out: int, method: str = "auto") -> None:
+        super().__init__()
+        check_lmax("lmax1", lmax1)
+        check_lmax("lmax2", lmax2)
+        check_lmax("lmax_out", lmax_out)
+        if lmax_out > lmax1 + lmax2:
+            raise ValueError(
+                f"lmax_out must be at most lmax1 + lmax2 = {lmax1 + lmax2}, got {lmax_out}"
+            )
+        _check_method(method)
+        self.lmax1, self.lmax2, self.lmax_out = lmax1, lmax2, lmax_out
+        self.requested_method = method
+        self.method = select_method(lmax1, lmax2, lmax_out) if method == "auto" else method
+        self._build()
+
+    def _build(self) -> None:
+        l1, l2, lo = self.lmax1, self.lmax2, self.lmax_out
+        if self.method == "dense":
+            g = gaunt_coefficients(l1, l2, lo)
+            self._tables = _Tables(
+                first=g.reshape(g.shape[0], -1),
+                second=np.ascontiguousarray(g.transpose(1, 0, 2)).reshape(g.shape[1], -1),
+            )
+        elif self.method == "grid":
+            y1, y2, projection = grid_tables(l1, l2, lo)
+            self._tables = _Tables(y1=y1, y2=y2, projection=projection)
+        else:
+            self._fourier = _FourierTransform((l1, l2), l1 + l2, lo)
+            self._tables = self._fourier.tables
+
+    def extra_repr(self) -> str:
+        return (f"lmax1={self.lmax1}, lmax2={self.lmax2}, lmax_out={self.lmax_out}, "
+                f"method={self.method!r}")
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        _check_input("x1", x1, self.lmax1)
+        _check_input("x2", x2, self.lmax2)
+        _check_pair(x1, x2)
+        t = self._tables.get(x1)
+        if self.method == "dense":
+            d_out = num_coefficients(self.lmax_out)
+            if x1.numel() // x1.shape[-1] >= x2.numel() // x2.shape[-1]:
+                partial = (x1 @ t["first"]).unflatten(-1, (x2.shape[-1], d_out))
+                return (x2.unsqueeze(-2) @ partial).squeeze(-2)
+            partial = (x2 @ t["second"]).unflatten(-1, (x1.shape[-1], d_out))
+            return (x1.unsqueeze(-2) @ partial).squeeze(-2)
+        if self.method == "grid":
+            return ((x1 @ t["y1"]) * (x2 @ t["y2"])) @ t["projection"]
+        grid1 = self._fourier.to_grid(x1, 0, t)
+        grid2 = self._fourier.to_grid(x2, 1, t)
+        return self._fourier.from_grid(grid1 * grid2, t)
+
+
+class GauntPowers(nn.Module):
+    """Gaunt powers x, x^2, ..., x^correlation, each projected to degree lmax_out.
+
+    ``forward(x [..., (lmax_in+1)^2]) -> [..., correlation, (lmax_out+1)^2]``; index k holds
+    x^(k+1).  Grid and Fourier methods transform x once at the final resolution, take the
+    powers pointwise and project each once; the dense method chains exact products, keeping
+    only the intermediate degrees that can still reach lmax_out.
+    """
+
+    def __init__(self, lmax_in: int, correlation: int, lmax_out: int, method: str = "auto") -> None:
+        super().__init__()
+        check_lmax("lmax_in", lmax_in)
+        check_lmax("lmax_out", lmax_out)
+        if isinstance(correlation, bool) or not isinstance(correlation, int) or correlation < 1:
+            raise ValueError(f"correlation must be a positive integer, got {correlation!r}")
+        if lmax_out > correlation * lmax_in:
+            raise ValueError(
+                f"lmax_out must be at most correlation * lmax_in = {correlation * lmax_in}, "
+                f"got {lmax_out}"
+            )
+        _check_method(method)
+        self.lmax_in, self.correlation, self.lmax_out = lmax_in, correlation, lmax_out
+        self.requested_method = method
+        self.method = (
+            select_method(lmax_in, lmax_in, lmax_out, order=correlation)
+            if method == "auto" else method
+        )
+        if self.method == "dense":
+            self._build_dense()
+        elif self.method == "grid":
+            y, _, projection = grid_tables(lmax_in, lmax_in, lmax_out, order=max(correlation, 2))
+            self._tables = _Tables(y=y, projection=projection)
+        else:
+            self._fourier = _FourierTransform((lmax_in,), correlation * lmax_in, lmax_out)
+            self._tables = self._fourier.tables
+
+    def _build_dense(self) -> None:
+        l, nu, lo = self.lmax_in, self.correlation, self.lmax_out
+        # x^k only matters up to degree lo + (nu - k) * l: higher parts cannot reach lo.
+        self._degrees = [min(k * l, lo + (nu - k) * l) for k in range(1, nu + 1)]
+        self._steps = nn.ModuleList(
+            GauntTensorProduct(self._degrees[k - 1], l, self._degrees[k], method="dense")
+            for k in range(1, nu)
+        )
+        self._tables = None
+
+    def extra_repr(self) -> str:
+        return (f"lmax_in={self.lmax_in}, correlation={self.correlation}, "
+                f"lmax_out={self.lmax_out}, method={self.method!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input("x", x, self.lmax_in)
+        d_out = num_coefficients(self.lmax_out)
+        if self.method == "dense":
+            powers = [x[..., : num_coefficients(self._degrees[0])]]
+            for step in self._steps:
+                powers.append(step(powers[-1], x))
+            return torch.stack([_resize(p, d_out) for p in powers], dim=-2)
+        t = self._tables.get(x)
+        if self.method == "grid":
+            values = x @ t["y"]
+        else:
+            values = self._fourier.to_grid(x, 0, t)
+        powers = [values]
+        for _ in range(self.correlation - 1):
+            powers.append(powers[-1] * values)
+        stacked = torch.stack(powers, dim=-3 if self.method == "fourier" else -2)
+        if self.method == "grid":
+            return stacked @ t["projection"]
+        return self._fourier.from_grid(stacked, t)
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    """Truncate or zero-pad the last dimension to ``size`` (orthogonal projection / embedding)."""
+    if x.shape[-1] >= size:
+        return x[..., :size]
+    return nn.functional.pad(x, (0, size - x.shape[-1]))
+
+
