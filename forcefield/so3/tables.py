@@ -80,7 +80,8 @@ def gaunt_coefficients(lmax1: int, lmax2: int, lmax_out: int) -> np.ndarray:
     y1 = _sh_numpy(lmax1, points)
     y2 = _sh_numpy(lmax2, points)
     y3 = _sh_numpy(lmax_out, points) * weights[:, None]
-    table = np.einsum("pi,pj,pk->ijk", y1, y2, y3)
+    pairs = (y1[:, :, None] * y2[:, None, :]).reshape(len(weights), -1)
+    table = (pairs.T @ y3).reshape(y1.shape[1], y2.shape[1], y3.shape[1])
     table[np.abs(table) < _ZERO_TOLERANCE] = 0.0
     return table
 
