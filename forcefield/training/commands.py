@@ -1,0 +1,196 @@
+"""Command-line plumbing shared by ``forcefield train``, ``evaluate`` and ``export``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from forcefield.training.config import (
+    CONFIG_DIR,
+    CommandLine,
+    ConfigError,
+    compose_config,
+    parse_argv,
+    pop_override,
+)
+
+GROUPS = ("data", "model", "trainer", "experiment")
+
+TRAIN_HELP = f"""usage: forcefield train [-cp DIR] [-cn NAME] [--cfg] [key=value ...]
+
+Train a Gaunt-MACE potential, test the best checkpoint, write the run directory
+(config.yaml, checkpoints/{{best,last}}.ckpt, metrics.csv, metrics.json, parity plots,
+model.pt).
+
+config groups (choose with group=option):
+  data        3bpa (default), oc20, ase
+  model       gaunt_mace_small (default), gaunt_mace
+  trainer     cpu (default), gpu, ddp
+  experiment  3bpa_paper, oc20_s2ef
+top-level keys: seed, dtype (float32|float64), output_dir, ckpt_path (resume)
+
+examples:
+  forcefield train
+  forcefield train model.channels=64 trainer.max_epochs=100 output_dir=runs/c64
+  forcefield train experiment=3bpa_paper trainer=gpu
+  forcefield train ckpt_path=runs/c64/checkpoints/last.ckpt      # resume exactly
+  forcefield train --cfg                                          # print the config
+
+configs: {CONFIG_DIR}
+"""
+
+EVALUATE_HELP = """usage: forcefield evaluate model=PATH [data=3bpa|oc20|ase] [key=value ...]
+
+Evaluate a model.pt or a training checkpoint on every test source of the data config;
+write metrics.json, predictions_<split>.extxyz and parity plots into output_dir.
+
+examples:
+  forcefield evaluate model=runs/x/model.pt
+  forcefield evaluate model=runs/x/checkpoints/best.ckpt data=oc20 data.test=val.aselmdb
+  forcefield evaluate model=model.pt data=ase data.test='{md: md.xyz}' output_dir=eval
+"""
+
+EXPORT_HELP = """usage: forcefield export checkpoint=PATH output=PATH [dtype=float64] [ema=true]
+
+Turn a training checkpoint into a deployable model file (EMA weights by default).
+"""
+
+
+def run_command(
+    name: str,
+    argv: Sequence[str] | None,
+    help_text: str,
+    body: Callable[[CommandLine], int],
+) -> int:
+    """Parse argv, run ``body``; user errors print one line and return 2."""
+    argv = list(sys.argv[2:] if argv is None else argv)
+    try:
+        cl = parse_argv(argv, name)
+        if cl.help:
+            print(help_text)
+            return 0
+        return int(body(cl) or 0)
+    except ConfigError as exc:
+        print(f"forcefield {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply key=value overrides to a saved config; unknown keys are errors."""
+    OmegaConf.set_struct(cfg, True)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"argument {item!r} is not key=value")
+        force = key.startswith("+")
+        key = key.lstrip("+")
+        if key in GROUPS:
+            raise ConfigError(
+                f"{key}={value}: config groups cannot change when resuming a run; "
+                f"override single keys (e.g. trainer.max_epochs=...) or start a new run"
+            )
+        if not force and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"unknown config key {key!r} (not in the saved config.yaml)")
+        with _unlocked(cfg, force):
+            OmegaConf.update(cfg, key, _parse_value(value), merge=True, force_add=force)
+    return cfg
+
+
+class _unlocked:
+    def __init__(self, cfg: DictConfig, on: bool) -> None:
+        self.cfg, self.on = cfg, on
+
+    def __enter__(self):
+        if self.on:
+            OmegaConf.set_struct(self.cfg, False)
+
+    def __exit__(self, *exc):
+        if self.on:
+            OmegaConf.set_struct(self.cfg, True)
+
+
+def compose_train(cl: CommandLine) -> DictConfig:
+    """Compose the training config; a resumed run starts from its saved config.yaml."""
+    overrides, ckpt = pop_override(list(cl.overrides), "ckpt_path")
+    if ckpt not in (None, "", "null", "None"):
+        ckpt_path = Path(ckpt).expanduser()
+        if not ckpt_path.is_file():
+            raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+        run_dir = ckpt_path.resolve().parent.parent
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
+            cfg = OmegaConf.load(saved)
+            cfg = apply_overrides(cfg, overrides)
+            cfg.ckpt_path = str(ckpt_path.resolve())
+            return cfg
+        cfg = compose_config(cl.config_name, overrides, cl.config_dir)
+        cfg.ckpt_path = str(ckpt_path.resolve())
+        if not any(o.startswith("output_dir=") for o in overrides):
+            cfg.output_dir = str(run_dir)
+        return cfg
+    return compose_config(cl.config_name, overrides, cl.config_dir)
+
+
+def print_config(cfg: DictConfig) -> None:
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    def body(cl: CommandLine) -> int:
+        cfg = compose_train(cl)
+        if cl.print_config:
+            print_config(cfg)
+            return 0
+        from forcefield.training.run import train
+
+        return train(cfg)
+
+    return run_command("train", argv, TRAIN_HELP, body)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    def body(cl: CommandLine) -> int:
+        # `model` is also a config group of conf/: take model=PATH out before composing
+        overrides, model = pop_override(list(cl.overrides), "model")
+        if not model:
+            raise ConfigError("missing model=PATH (a model.pt or a training checkpoint)")
+        cfg = compose_config(cl.config_name, overrides, cl.config_dir)
+        cfg.model = model
+        if cl.print_config:
+            print_config(cfg)
+            return 0
+        from forcefield.training.run import evaluate
+
+        return evaluate(cfg, model)
+
+    return run_command("evaluate", argv, EVALUATE_HELP, body)
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    def body(cl: CommandLine) -> int:
+        cfg = compose_config(cl.config_name, cl.overrides, cl.config_dir)
+        from forcefield.training.config import check_keys, check_missing
+
+        check_keys(cfg, ("checkpoint", "output", "dtype", "ema"))
+        check_missing(cfg)
+        if cl.print_config:
+            print_config(cfg)
+            return 0
+        from forcefield.training.run import export
+
+        dest = export(str(cfg.checkpoint), str(cfg.output), cfg.dtype, bool(cfg.ema))
+        print(f"forcefield export: wrote {dest}")
+        return 0
+
+    return run_command("export", argv, EXPORT_HELP, body)

@@ -1,0 +1,285 @@
+"""The LightningModule that trains a potential on energies and forces (and stress).
+
+- training: weighted loss (losses.py) on the live model, forces with create_graph;
+- validation / test: the EMA weights (when enabled), forces under ``enable_grad``
+  (Lightning runs evaluation under ``no_grad``; the Trainer must be built with
+  ``inference_mode=False``), metrics accumulated in float64 over the whole split and
+  summed across DDP ranks before they are logged;
+- ``val_loss`` = w_E * per-atom energy MSE + w_F * force MSE over the validation set
+  (checkpoint selection and ReduceLROnPlateau monitor it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from forcefield.training.ema import EMA
+from forcefield.training.losses import LossConfig, compute_loss
+from forcefield.training.metrics import MetricAccumulator, free_atom_mask
+from forcefield.training.optim import build_optimizer, build_scheduler
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _plain(obj: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+def build_network(model_config: Mapping[str, Any]) -> torch.nn.Module:
+    """Rebuild the network from its stored constructor config."""
+    from forcefield.models import GauntMACE
+
+    return GauntMACE(**dict(model_config))
+
+
+class ForceFieldModule(pl.LightningModule):
+    """Wraps a potential (``model``) with its loss, metrics, EMA and optimiser.
+
+    ``model`` is an already built network (carrying ``model.config``); when omitted it is
+    rebuilt from ``model_config`` (this is how a checkpoint is reloaded).
+    """
+
+    def __init__(
+        self,
+        model_config: Mapping[str, Any] | None = None,
+        training: Mapping[str, Any] | None = None,
+        dtype: str = "float64",
+        oc20: bool = False,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            if model_config is None:
+                raise ValueError("ForceFieldModule needs a model or a model_config")
+            model = build_network(model_config)
+        model_config = _plain(dict(getattr(model, "config", model_config) or {}))
+        training = _plain(dict(training or {}))
+        self.save_hyperparameters(
+            {"model_config": model_config, "training": training, "dtype": str(dtype),
+             "oc20": bool(oc20)}
+        )
+        torch_dtype = torch.float64 if str(dtype) in ("float64", "double") else torch.float32
+        self.model = model.to(torch_dtype)
+        loss_cfg = dict(training.get("loss") or {})
+        self.loss_cfg = LossConfig(**loss_cfg)
+        ema_cfg = dict(training.get("ema") or {})
+        self.ema = None
+        if ema_cfg.get("enabled", True) and float(ema_cfg.get("decay", 0.99)) > 0:
+            self.ema = EMA(self.model, decay=float(ema_cfg.get("decay", 0.99)),
+                           warmup=bool(ema_cfg.get("warmup", True)))
+        self.oc20 = bool(oc20)
+        self.train_metrics = MetricAccumulator()
+        self.val_metrics = MetricAccumulator()
+        self.test_split_names: list[str] = ["test"]
+        self.test_metrics: dict[int, MetricAccumulator] = {}
+        self.test_results: dict[str, dict[str, float]] = {}
+        self.collect_predictions = True
+        self.test_predictions: dict[str, dict[str, np.ndarray]] = {}
+        self._pred_buffer: dict[int, dict[str, list]] = {}
+        self.metrics_callback = None  # called with (epoch, dict) at the end of each epoch
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._epoch_start = time.perf_counter()
+        self.last_val: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def eval_model(self) -> torch.nn.Module:
+        """The network used for validation, test and export (EMA weights when enabled)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _wants_stress(self, batch) -> bool:
+        return self.loss_cfg.stress_weight > 0 and getattr(batch, "stress", None) is not None
+
+    def predict_batch(self, model: torch.nn.Module, batch, training: bool) -> dict:
+        with torch.enable_grad():
+            out = model(batch, compute_forces=True, compute_stress=self._wants_stress(batch),
+                        training=training)
+        if not training:
+            out = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+        return out
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.isfinite(value.detach()).all().to(torch.float64).reshape(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        self.train_metrics.reset()
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._epoch_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx: int):
+        pred = self.predict_batch(self.model, batch, training=True)
+        loss, terms = compute_loss(batch, pred, self.loss_cfg)
+        if not self._all_finite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {float(loss.detach())} at epoch {self.current_epoch}, "
+                f"step {self.global_step}"
+            )
+        self.train_metrics.update(batch, pred)
+        self._loss_sum += float(loss.detach()) * int(batch.num_graphs)
+        self._loss_count += int(batch.num_graphs)
+        self.log("loss", loss.detach().float(), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=int(batch.num_graphs))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        self.train_metrics.all_reduce()
+        loss = torch.tensor([self._loss_sum, float(self._loss_count)], dtype=torch.float64,
+                            device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(loss)
+        row: dict[str, Any] = {"epoch": self.current_epoch, "step": self.global_step}
+        row["train_loss"] = float(loss[0] / loss[1]) if loss[1] > 0 else math.nan
+        for key, value in self.train_metrics.compute(self.oc20).items():
+            if key != "n_structures":
+                row[f"train_{key}"] = value
+        for key, value in self.last_val.items():
+            row[key] = value
+        opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+        if opt is not None:
+            row["lr"] = float(opt.param_groups[0]["lr"])
+        row["epoch_time_s"] = time.perf_counter() - self._epoch_start
+        self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=False)
+        if self.metrics_callback is not None and self.trainer.is_global_zero:
+            self.metrics_callback(row)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        pred = self.predict_batch(self.eval_model(), batch, training=False)
+        self.val_metrics.update(batch, pred)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.all_reduce()
+        metrics = self.val_metrics.compute(self.oc20)
+        e_mse, f_mse = self.val_metrics.mse()
+        val_loss = self.loss_cfg.energy_weight * e_mse + self.loss_cfg.forces_weight * f_mse
+        if self.trainer.sanity_checking:
+            return
+        self.last_val = {"val_loss": val_loss}
+        self.last_val.update({f"val_{k}": v for k, v in metrics.items() if k != "n_structures"})
+        self.log("val_loss", val_loss, prog_bar=True)
+        for key in ("val_energy_rmse_meV", "val_forces_rmse_meV_A"):
+            if key in self.last_val:
+                self.log(key, self.last_val[key], prog_bar=True)
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics = {
+            i: MetricAccumulator(self.device) for i in range(len(self.test_split_names))
+        }
+        self._pred_buffer = {i: {"e_ref": [], "e_pred": [], "natoms": [], "f_ref": [],
+                                 "f_pred": []} for i in range(len(self.test_split_names))}
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        pred = self.predict_batch(self.eval_model(), batch, training=False)
+        self.test_metrics[dataloader_idx].update(batch, pred)
+        if self.collect_predictions:
+            buf = self._pred_buffer[dataloader_idx]
+            if getattr(batch, "energy", None) is not None:
+                buf["e_ref"].append(batch.energy.detach().double().cpu().numpy().reshape(-1))
+                buf["e_pred"].append(pred["energy"].detach().double().cpu().numpy().reshape(-1))
+                buf["natoms"].append(batch.natoms.detach().cpu().numpy().reshape(-1))
+            if getattr(batch, "forces", None) is not None:
+                free = free_atom_mask(batch)
+                buf["f_ref"].append(batch.forces[free].detach().double().cpu().numpy())
+                buf["f_pred"].append(pred["forces"][free].detach().double().cpu().numpy())
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {}
+        self.test_predictions = {}
+        for i, name in enumerate(self.test_split_names):
+            acc = self.test_metrics[i]
+            acc.all_reduce()
+            self.test_results[name] = acc.compute(self.oc20)
+            if self.collect_predictions:
+                buf = _gather_predictions(self._pred_buffer[i])
+                self.test_predictions[name] = buf
+        for name, metrics in self.test_results.items():
+            for key in ("energy_rmse_meV", "forces_rmse_meV_A"):
+                if key in metrics:
+                    self.log(f"test_{name}_{key}", metrics[key], add_dataloader_idx=False)
+
+    # ------------------------------------------------------------------ optimisers
+    def configure_optimizers(self):
+        training = self.hparams["training"]
+        optimizer = build_optimizer(self.model, training.get("optimizer") or {})
+        total = None
+        steps_per_epoch = None
+        try:
+            total = self.trainer.estimated_stepping_batches
+            if self.trainer.max_epochs and self.trainer.max_epochs > 0 and math.isfinite(total):
+                steps_per_epoch = max(1, int(total) // int(self.trainer.max_epochs))
+        except Exception:  # noqa: BLE001 - no trainer / unknown length
+            total = None
+        scheduler = build_scheduler(optimizer, training.get("scheduler"), total_steps=total,
+                                    steps_per_epoch=steps_per_epoch)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint_file(cls, path: str | Path, map_location="cpu") -> ForceFieldModule:
+        ckpt = load_checkpoint(path, map_location=map_location)
+        hp = ckpt["hyper_parameters"]
+        module = cls(model_config=hp["model_config"], training=hp.get("training"),
+                     dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
+        module.load_state_dict(ckpt["state_dict"])
+        return module
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a Lightning checkpoint written by ``forcefield train`` (no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(
+            f"{path} is not a forcefield training checkpoint (no state_dict/hyper_parameters); "
+            "for a model.pt use 'forcefield evaluate model=...' directly"
+        )
+    if "model_config" not in ckpt["hyper_parameters"]:
+        raise ValueError(f"{path} has no model_config: not written by forcefield train")
+    return ckpt
+
+
+def _gather_predictions(buf: Mapping[str, list]) -> dict[str, np.ndarray]:
+    local = {k: (np.concatenate(v) if v else np.zeros((0, 3) if k.startswith("f_") else (0,)))
+             for k, v in buf.items()}
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, local)
+        return {k: np.concatenate([g[k] for g in gathered]) for k in local}
+    return local

@@ -1,0 +1,606 @@
+"""The three applications behind ``forcefield train``, ``evaluate`` and ``export``.
+
+Each takes a composed config and returns a process exit code; user errors are raised as
+:class:`~forcefield.training.config.ConfigError` (printed by the CLI in one sentence).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from forcefield.training.config import ConfigError, check_keys, check_missing, to_container
+from forcefield.training.io import atomic_write_csv, atomic_write_json, read_csv
+
+TRAIN_KEYS = ("data", "model", "trainer", "experiment", "seed", "dtype", "output_dir",
+              "ckpt_path", "training", "test", "export")
+TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema")
+DTYPES = ("float32", "float64")
+
+
+def _echo(msg: str = "", err: bool = False) -> None:
+    print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _rank() -> int:
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key):
+            try:
+                return int(os.environ[key])
+            except ValueError:
+                pass
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+def is_oc20(data_cfg: Mapping[str, Any]) -> bool:
+    target = str(data_cfg.get("_target_", ""))
+    return "OC20" in target or "task" in data_cfg
+
+
+def instantiate_datamodule(data_cfg: DictConfig, r_max: float, **extra: Any):
+    """Build the data config's LightningDataModule; its errors name the key or file."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if "_target_" not in data_cfg:
+        raise ConfigError(
+            "the data config has no _target_ (choose data=3bpa, data=oc20 or data=ase)"
+        )
+    kwargs: dict[str, Any] = dict(extra)
+    if data_cfg.get("r_max", None) is None:
+        kwargs["r_max"] = float(r_max)
+    try:
+        return instantiate(data_cfg, **kwargs, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, TypeError) and "argument" in str(cause):
+            raise ConfigError(f"data config: {cause}") from exc
+        if isinstance(cause, (FileNotFoundError, ValueError, KeyError, OSError)):
+            raise ConfigError(f"data: {cause}") from exc
+        raise
+
+
+def setup_data(dm, stage: str) -> None:
+    """``dm.setup(stage)`` with missing files / bad data turned into ConfigError."""
+    try:
+        dm.setup(stage)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"data: {exc}") from exc
+    except ValueError as exc:
+        if type(exc).__name__ in ("DataError", "ValueError"):
+            raise ConfigError(f"data: {exc}") from exc
+        raise
+
+
+def _as_list(loaders) -> list:
+    if loaders is None:
+        return []
+    if isinstance(loaders, (list, tuple)):
+        return list(loaders)
+    if isinstance(loaders, Mapping):
+        return list(loaders.values())
+    return [loaders]
+
+
+def rebuild_loader(loader, shuffle: bool, rank: int, world_size: int, seed: int,
+                   repeat: bool = True):
+    """The same DataLoader with a deterministic sampler for this rank.
+
+    Training: a seeded DistributedSampler (Lightning calls ``set_epoch``), so the data
+    order depends only on (seed, epoch) and a resumed run sees the same batches.
+    Evaluation: an un-repeated split over ranks, so DDP metrics equal one process's.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if getattr(loader, "batch_size", None) is None:  # custom batch sampler: keep it
+        return loader
+    if shuffle or repeat:
+        sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
+                                     shuffle=shuffle, seed=seed, drop_last=False)
+    else:
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=world_size,
+                                               rank=rank, shuffle=False)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+    )
+
+
+def test_loaders(dm) -> tuple[list[str], list]:
+    loaders = dm.test_dataloader()
+    if isinstance(loaders, Mapping):
+        names, loaders = list(loaders.keys()), list(loaders.values())
+    else:
+        loaders = _as_list(loaders)
+        names = list(getattr(dm, "test_split_names", None) or [])
+        if len(names) != len(loaders):
+            names = [f"test_{i}" for i in range(len(loaders))] if len(loaders) > 1 else ["test"]
+    return [str(n) for n in names], loaders
+
+
+# --------------------------------------------------------------------------- checks
+def validate_train_config(cfg: DictConfig) -> None:
+    check_keys(cfg, TRAIN_KEYS)
+    check_missing(cfg)
+    if "training" in cfg:
+        check_keys(cfg.training, TRAINING_KEYS, "training")
+    if str(cfg.dtype) not in DTYPES:
+        raise ConfigError(f"dtype={cfg.dtype!r} is not supported; use float32 or float64")
+    from forcefield.models import DEFAULT_CONFIG
+
+    check_keys(cfg.model, DEFAULT_CONFIG, "model")
+    import inspect
+
+    import lightning.pytorch as pl
+
+    allowed = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    fixed = {"inference_mode", "logger", "callbacks", "plugins", "default_root_dir",
+             "use_distributed_sampler", "enable_checkpointing"}
+    check_keys(cfg.trainer, allowed, "trainer")
+    clash = sorted(fixed & set(cfg.trainer.keys()))
+    if clash:
+        raise ConfigError(
+            f"trainer.{clash[0]} is set by forcefield train itself and cannot be configured"
+        )
+    if cfg.ckpt_path is not None and not Path(str(cfg.ckpt_path)).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    from forcefield.training.losses import LossConfig
+
+    try:
+        LossConfig(**to_container(cfg.training.loss))
+    except TypeError as exc:
+        raise ConfigError(f"training.loss: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return torch.float64 if str(name) in ("float64", "double") else torch.float32
+
+
+# --------------------------------------------------------------------------- train
+class _AtomicCheckpointIO:
+    """Mixin-free factory for the atomic CheckpointIO (imported lazily with Lightning)."""
+
+    @staticmethod
+    def make():
+        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+        class AtomicCheckpointIO(TorchCheckpointIO):
+            def save_checkpoint(self, checkpoint, path, storage_options=None):
+                path = Path(path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                try:
+                    torch.save(checkpoint, tmp)
+                    os.replace(tmp, path)
+                finally:
+                    if tmp.exists():
+                        tmp.unlink()
+
+        return AtomicCheckpointIO()
+
+
+def _callbacks(out: Path, has_val: bool):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    class Interrupt(pl.Callback):
+        interrupted = False
+
+        def on_exception(self, trainer, pl_module, exception):
+            if isinstance(exception, KeyboardInterrupt):
+                self.interrupted = True
+                last = out / "checkpoints" / "last.ckpt"
+                if not last.exists():
+                    trainer.save_checkpoint(last)
+
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor="val_loss" if has_val else None,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    interrupt = Interrupt()
+    return ckpt, interrupt, [ckpt, interrupt, TQDMProgressBar(refresh_rate=1)]
+
+
+def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list):
+    import lightning.pytorch as pl
+
+    kwargs = dict(trainer_cfg)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("max_time",)}
+    if kwargs.get("max_time") is None:
+        kwargs.pop("max_time", None)
+    strategy = kwargs.get("strategy", "auto")
+    if isinstance(strategy, str) and strategy.startswith("ddp"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        accel = str(kwargs.get("accelerator", "auto"))
+        gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+        kwargs["strategy"] = DDPStrategy(
+            process_group_backend="nccl" if gpu else "gloo",
+            find_unused_parameters="find_unused" in strategy,
+        )
+    return pl.Trainer(
+        **kwargs,
+        inference_mode=False,
+        logger=False,
+        callbacks=callbacks,
+        plugins=[_AtomicCheckpointIO.make()],
+        default_root_dir=str(out),
+        use_distributed_sampler=False,
+        enable_checkpointing=True,
+    )
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """Absolute run directory, the same on every DDP rank of this machine."""
+    env = os.environ.get("FORCEFIELD_RUN_DIR")
+    if env and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(env)
+    out = Path(str(cfg.output_dir)).expanduser().resolve()
+    os.environ["FORCEFIELD_RUN_DIR"] = str(out)
+    return out
+
+
+def train(cfg: DictConfig) -> int:
+    """``forcefield train``: fit, test the best checkpoint, write the run directory."""
+    import lightning.pytorch as pl
+
+    from forcefield.models import build_model
+    from forcefield.training.module import ForceFieldModule, NonFiniteLossError
+
+    validate_train_config(cfg)
+    out = resolve_output_dir(cfg)
+    cfg.output_dir = str(out)
+    resuming = cfg.ckpt_path is not None
+    ckpt_dir = out / "checkpoints"
+    if not resuming and (ckpt_dir / "last.ckpt").exists():
+        raise ConfigError(
+            f"output_dir {out} already holds a training run; choose another output_dir or "
+            f"resume it with ckpt_path={ckpt_dir / 'last.ckpt'}"
+        )
+    seed = int(cfg.seed)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dtype = str(cfg.dtype)
+    oc20 = is_oc20(cfg.data)
+
+    dm = instantiate_datamodule(cfg.data, r_max=float(cfg.model.r_max))
+    setup_data(dm, "fit")
+    stats = getattr(dm, "statistics", None)
+    if stats is None and hasattr(dm, "compute_statistics"):
+        stats = dm.compute_statistics()
+    try:
+        model = build_model(to_container(cfg.model), stats)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model: {exc}") from exc
+    model = model.to(_torch_dtype(dtype))
+    module = ForceFieldModule(model=model, training=to_container(cfg.training), dtype=dtype,
+                              oc20=oc20)
+
+    train_loader = dm.train_dataloader()
+    val_loaders = _as_list(dm.val_dataloader()) if hasattr(dm, "val_dataloader") else []
+    has_val = len(val_loaders) > 0
+    ckpt_cb, interrupt_cb, callbacks = _callbacks(out, has_val)
+    trainer = build_trainer(to_container(cfg.trainer), out, callbacks)
+    rank, world = trainer.global_rank, trainer.world_size
+    train_loader = rebuild_loader(train_loader, True, rank, world, seed)
+    val_loaders = [rebuild_loader(v, False, rank, world, seed, repeat=False) for v in val_loaders]
+
+    is_zero = trainer.is_global_zero
+    if is_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = OmegaConf.create(to_container(cfg))
+        resolved.model = OmegaConf.create(_jsonable(model.config))
+        from forcefield.training.config import save_yaml
+
+        save_yaml(resolved, out / "config.yaml")
+        _echo(f"forcefield train: run directory {out}")
+        if stats is not None and hasattr(stats, "to_dict"):
+            atomic_write_json(out / "statistics.json", _jsonable(stats.to_dict()))
+    csv_path = out / "metrics.csv"
+    rows: list[dict] = read_csv(csv_path) if resuming else []
+
+    def write_row(row: dict) -> None:
+        nonlocal rows
+        rows = [r for r in rows if int(float(r.get("epoch", -1))) < int(row["epoch"])] + [row]
+        atomic_write_csv(csv_path, rows)
+
+    module.metrics_callback = write_row
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, train_dataloaders=train_loader,
+                    val_dataloaders=val_loaders or None,
+                    ckpt_path=str(cfg.ckpt_path) if resuming else None)
+    except NonFiniteLossError as exc:
+        last = ckpt_dir / "last.ckpt"
+        keep = (f"the last good checkpoint is {last}" if last.exists()
+                else "no checkpoint was written before it")
+        _echo(f"forcefield train: stopped: {exc}; {keep}. Lower training.optimizer.lr or "
+              "check the data (non-finite labels, overlapping atoms).", err=True)
+        return 1
+    except SystemExit:
+        if interrupt_cb.interrupted:
+            _echo(f"\nforcefield train: interrupted; resume with "
+                  f"forcefield train ckpt_path={ckpt_dir / 'last.ckpt'}", err=True)
+            return 130
+        raise
+    fit_time = time.perf_counter() - t0
+    if trainer.interrupted:
+        _echo(f"\nforcefield train: interrupted; resume with "
+              f"forcefield train ckpt_path={ckpt_dir / 'last.ckpt'}", err=True)
+        return 130
+
+    # ---- the best (EMA) weights, on every rank, without Lightning's ckpt reload path
+    trainer.strategy.barrier()
+    best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else ckpt_dir / "last.ckpt"
+    best_epoch = None
+    if best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        best_epoch = int(state.get("epoch", -1))
+    results: dict[str, dict[str, float]] = {}
+    if cfg.test.enabled:
+        names, loaders = test_loaders_or_empty(dm)
+        if loaders:
+            loaders = [rebuild_loader(t, False, rank, world, seed, repeat=False) for t in loaders]
+            module.test_split_names = names
+            module.collect_predictions = bool(cfg.test.predictions)
+            trainer.test(module, dataloaders=loaders, verbose=False)
+            results = module.test_results
+    if not is_zero:
+        return 0
+    val = {k: v for k, v in module.last_val.items()}
+    summary = {
+        "test": results,
+        "val_last_epoch": val,
+        "best_checkpoint": str(best) if best.is_file() else None,
+        "best_epoch": best_epoch,
+        "epochs_completed": int(trainer.current_epoch),
+        "fit_time_s": fit_time,
+        "dtype": dtype,
+        "data": str(cfg.data.get("_target_", "")),
+    }
+    atomic_write_json(out / "metrics.json", _jsonable(summary))
+    if module.test_predictions:
+        from forcefield.training.plots import write_parity_plots
+
+        write_parity_plots(out, module.test_predictions)
+    if cfg.export.enabled:
+        from forcefield.export import save_model
+
+        save_model(out / "model.pt", module.eval_model(),
+                   metadata={"source_checkpoint": str(best), "best_epoch": best_epoch,
+                             "test": _jsonable(results), "dtype": dtype})
+    if results:
+        from forcefield.training.metrics import format_table
+
+        _echo("\nTest errors (best checkpoint, EMA weights):")
+        _echo(format_table(results, oc20=oc20))
+    _echo(f"\nfit time {fit_time / 60:.1f} min; run directory: {out}")
+    return 0
+
+
+def test_loaders_or_empty(dm) -> tuple[list[str], list]:
+    try:
+        setup_data(dm, "test")
+    except ConfigError as exc:
+        _echo(f"forcefield: no test data ({exc}); skipping the test", err=True)
+        return [], []
+    if not hasattr(dm, "test_dataloader"):
+        return [], []
+    try:
+        return test_loaders(dm)
+    except (NotImplementedError, FileNotFoundError) as exc:
+        _echo(f"forcefield: no test data ({exc}); skipping the test", err=True)
+        return [], []
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- export
+def load_any_model(path: str | os.PathLike, dtype: str | None = None):
+    """(network in eval mode, info dict) from a model.pt or a training checkpoint."""
+    from forcefield.export import load_model
+    from forcefield.training.module import ForceFieldModule, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model={path}: no such file (give a model.pt or a .ckpt checkpoint)")
+    raw = None
+    if path.suffix == ".ckpt":
+        raw = load_checkpoint(path)
+    else:
+        head = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(head, dict) and "hyper_parameters" in head and "state_dict" in head:
+            raw = load_checkpoint(path)
+    if raw is not None:
+        hp = raw["hyper_parameters"]
+        module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
+                                  dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
+        module.load_state_dict(raw["state_dict"])
+        net = module.eval_model()
+        if dtype:
+            net = net.to(_torch_dtype(dtype))
+        info = {"kind": "checkpoint", "epoch": raw.get("epoch"), "dtype": hp.get("dtype")}
+        return net.eval(), info
+    net = load_model(path, dtype=dtype)
+    return net.eval(), {"kind": "model"}
+
+
+def export(checkpoint: str, output: str, dtype: str | None = None, ema: bool = True) -> Path:
+    from forcefield.export import save_model
+    from forcefield.training.module import ForceFieldModule, load_checkpoint
+
+    src = Path(checkpoint)
+    if not src.is_file():
+        raise ConfigError(f"checkpoint={src}: no such file")
+    if dtype is not None and str(dtype) not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not supported; use float32 or float64")
+    try:
+        raw = load_checkpoint(src)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    hp = raw["hyper_parameters"]
+    module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
+                              dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
+    module.load_state_dict(raw["state_dict"])
+    net = module.eval_model() if ema else module.model
+    if dtype:
+        net = net.to(_torch_dtype(dtype))
+    dest = Path(output)
+    save_model(dest, net, metadata={"source_checkpoint": str(src.resolve()),
+                                    "epoch": raw.get("epoch"), "ema": bool(ema)})
+    return dest
+
+
+# --------------------------------------------------------------------------- evaluate
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(cfg: DictConfig, model_path: str) -> int:
+    """``forcefield evaluate``: metrics, predictions and parity plots on every test source."""
+    from tqdm.auto import tqdm
+
+    from forcefield.training.metrics import MetricAccumulator, format_table
+
+    check_keys(cfg, ("data", "model", "output_dir", "dtype", "device", "batch_size",
+                     "predictions", "plots"))
+    if cfg.dtype is not None and str(cfg.dtype) not in DTYPES:
+        raise ConfigError(f"dtype={cfg.dtype!r} is not supported; use float32 or float64")
+    net, info = load_any_model(model_path, cfg.dtype)
+    device = _device(str(cfg.device))
+    net = net.to(device)
+    oc20 = is_oc20(cfg.data)
+    extra = {}
+    if cfg.batch_size is not None:
+        extra["batch_size"] = int(cfg.batch_size)
+    dm = instantiate_datamodule(cfg.data, r_max=float(net.config["r_max"]), **extra)
+    setup_data(dm, "test")
+    names, loaders = test_loaders(dm)
+    if not loaders:
+        raise ConfigError("data: no test data found; set data.test (oc20/ase) or data.root (3bpa)")
+    out = Path(str(cfg.output_dir)).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, float]] = {}
+    predictions: dict[str, dict] = {}
+    for name, loader in zip(names, loaders, strict=True):
+        acc = MetricAccumulator(device)
+        frames = []
+        buf: dict[str, list] = {"e_ref": [], "e_pred": [], "natoms": [], "f_ref": [], "f_pred": []}
+        for batch in tqdm(loader, desc=f"evaluate {name}", leave=False):
+            batch = batch.to(device)
+            with torch.enable_grad():
+                pred = net(batch, compute_forces=True, compute_stress=False, training=False)
+            pred = {k: v.detach() for k, v in pred.items() if isinstance(v, torch.Tensor)}
+            acc.update(batch, pred)
+            _collect(buf, batch, pred)
+            if cfg.predictions:
+                frames.extend(_to_frames(batch, pred))
+        results[name] = acc.compute(oc20)
+        predictions[name] = {k: _cat(v, k) for k, v in buf.items()}
+        if cfg.predictions and frames:
+            _write_frames(out / f"predictions_{_safe(name)}.extxyz", frames)
+    atomic_write_json(out / "metrics.json", _jsonable({"test": results,
+                                                      "model": str(Path(model_path).resolve()),
+                                                      "model_kind": info.get("kind")}))
+    if cfg.plots:
+        from forcefield.training.plots import write_parity_plots
+
+        write_parity_plots(out, predictions)
+    _echo(format_table(results, oc20=oc20))
+    _echo(f"\nresults written to {out}")
+    return 0
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _cat(parts: Sequence, key: str):
+    import numpy as np
+
+    if not parts:
+        return np.zeros((0, 3) if key.startswith("f_") else (0,))
+    return np.concatenate(parts)
+
+
+def _collect(buf: dict, batch, pred: Mapping[str, torch.Tensor]) -> None:
+    from forcefield.training.metrics import free_atom_mask
+
+    if getattr(batch, "energy", None) is not None:
+        buf["e_ref"].append(batch.energy.double().cpu().numpy().reshape(-1))
+        buf["e_pred"].append(pred["energy"].double().cpu().numpy().reshape(-1))
+        buf["natoms"].append(batch.natoms.cpu().numpy().reshape(-1))
+    if getattr(batch, "forces", None) is not None:
+        free = free_atom_mask(batch)
+        buf["f_ref"].append(batch.forces[free].double().cpu().numpy())
+        buf["f_pred"].append(pred["forces"][free].double().cpu().numpy())
+
+
+def _to_frames(batch, pred: Mapping[str, torch.Tensor]) -> list:
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from forcefield.data.atomic_data import to_ase
+
+    frames = []
+    ptr = batch.ptr.cpu().tolist()
+    for i, data in enumerate(batch.cpu().to_data_list()):
+        atoms = to_ase(data)
+        atoms.calc = None
+        if getattr(data, "energy", None) is not None:
+            atoms.info["ref_energy"] = float(data.energy.reshape(-1)[0])
+        if getattr(data, "forces", None) is not None:
+            atoms.arrays["ref_forces"] = data.forces.double().numpy()
+        results = {"energy": float(pred["energy"][i])}
+        if "forces" in pred:
+            results["forces"] = pred["forces"][ptr[i]:ptr[i + 1]].double().cpu().numpy()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    return frames
+
+
+def _write_frames(path: Path, frames: list) -> None:
+    from ase.io import write
+
+    from forcefield.training.io import atomic_path
+
+    with atomic_path(path, suffix=".extxyz") as tmp:
+        write(tmp, frames, format="extxyz")
