@@ -85,7 +85,9 @@ def _normalise_config(config: dict[str, Any]) -> dict[str, Any]:
 class GauntInteraction(nn.Module):
     """Convolution -> many-body product -> linear, plus a linear residual of the input."""
 
-    def __init__(self, cfg: dict[str, Any], lmax_in: int, lmax_out: int, num_elements: int):
+    def __init__(
+        self, cfg: dict[str, Any], lmax_in: int, lmax_out: int, num_elements: int, residual: bool
+    ):
         super().__init__()
         c, lmax = cfg["channels"], cfg["lmax"]
         self.conv = GauntConvolution(
@@ -102,12 +104,16 @@ class GauntInteraction(nn.Module):
             num_elements, c, lmax, lmax_out, cfg["correlation"], method=cfg["gaunt_method"]
         )
         self.linear = DegreeLinear(c, c, lmax_out, lmax_out)
-        self.skip = DegreeLinear(c, c, lmax_in, lmax_out)
+        # No residual into the first layer's output: an atom without neighbours then has
+        # all-zero features after the first interaction (isolated atom -> its E0 exactly).
+        self.skip = DegreeLinear(c, c, lmax_in, lmax_out) if residual else None
 
     def forward(self, h, species_idx, radial, sh, sender, receiver):
         a = self.conv(h, radial, sh, sender, receiver)
         b = self.linear(self.product(a, species_idx))
-        return b + self.skip(h)
+        if self.skip is not None:
+            b = b + self.skip(h)
+        return b
 
 
 class GauntMACE(nn.Module):
@@ -139,7 +145,7 @@ class GauntMACE(nn.Module):
         for t in range(t_max):
             lmax_in = 0 if t == 0 else cfg["lmax"]
             lmax_out = cfg["lmax"] if t < t_max - 1 else 0
-            self.interactions.append(GauntInteraction(cfg, lmax_in, lmax_out, n_el))
+            self.interactions.append(GauntInteraction(cfg, lmax_in, lmax_out, n_el, t > 0))
             if t < t_max - 1:
                 self.readouts.append(LinearReadout(c))
             else:
@@ -196,14 +202,18 @@ class GauntMACE(nn.Module):
             vec = pos_s[sender] - pos_s[receiver] + shift_vec
             r = torch.linalg.vector_norm(vec, dim=-1, keepdim=True)
             sh = so3.spherical_harmonics(self.lmax_sh, vec) * self.sh_scale.to(dtype)
-            radial = self.radial_embedding(r)
+            envelope = self.radial_embedding.envelope(r)
+            radial = self.radial_embedding.bessel(r) * envelope
+            # smooth "has neighbours" weight of the energy shift: 0 for an isolated atom
+            coordination = scatter(envelope[:, 0], receiver, dim=0, dim_size=n, reduce="sum")
+            shift_weight = 1.0 - torch.exp(-coordination)
 
             h = self.embedding(species_idx).unsqueeze(-1)
             model_energy = torch.zeros(n, dtype=dtype, device=pos.device)
             for interaction, readout in zip(self.interactions, self.readouts, strict=False):
                 h = interaction(h, species_idx, radial, sh, sender, receiver)
                 model_energy = model_energy + readout(h[:, :, 0])
-            node_energy = self.head(model_energy, species_idx)
+            node_energy = self.head(model_energy, species_idx, shift_weight)
             energy = scatter(node_energy, batch, dim=0, dim_size=num_graphs, reduce="sum")
 
             out: dict[str, torch.Tensor] = {"energy": energy, "node_energy": node_energy}

@@ -39,7 +39,11 @@ class MLPReadout(nn.Module):
 
 
 class AtomicEnergyHead(nn.Module):
-    """node_energy = E0[z] + shift + scale * e_model, computed in float64.
+    """node_energy = E0[z] + scale * e_model + shift * g, computed in float64.
+
+    ``g`` in [0, 1) is a smooth weight (the model passes 1 - exp(-sum_j u(r_ij)), u the
+    cutoff envelope): ~1 for an atom with neighbours, exactly 0 for an isolated atom, so an
+    isolated atom's energy is its E0 and the energy stays smooth as neighbours leave r_max.
 
     ``e0s`` [num_elements] (eV), ``shift`` (eV/atom) and ``scale`` (eV) come from the data
     statistics and are float64 buffers that never change dtype with ``model.float()``.
@@ -51,6 +55,15 @@ class AtomicEnergyHead(nn.Module):
         self.shift = float(shift)
         self.scale = float(scale)
 
-    def forward(self, model_energy: torch.Tensor, species_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        model_energy: torch.Tensor,
+        species_idx: torch.Tensor,
+        shift_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         e0 = torch.tensor(self._e0s, dtype=torch.float64, device=model_energy.device)
-        return e0[species_idx] + self.shift + self.scale * model_energy.to(torch.float64)
+        out = e0[species_idx] + self.scale * model_energy.to(torch.float64)
+        if self.shift != 0.0:
+            g = 1.0 if shift_weight is None else shift_weight.to(torch.float64)
+            out = out + self.shift * g
+        return out
