@@ -1,0 +1,216 @@
+"""Dataset statistics in float64: E0s, mean interaction energy per atom, force RMS, neighbours."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from forcefield.data.errors import DataError
+
+_MEMORY_CACHE: dict[str, DatasetStatistics] = {}
+
+
+@dataclass
+class DatasetStatistics:
+    """Per-dataset numbers the model needs (all float64-accurate Python floats).
+
+    Attributes:
+        species: sorted atomic numbers present.
+        e0s: isolated-atom (reference) energy per element, eV.
+        mean_interaction_energy_per_atom: mean over structures of (E - sum E0) / N, eV.
+        force_rms: RMS force component over free atoms, eV/A (0.0 without forces).
+        avg_num_neighbors: mean number of edges per atom at the dataset's r_max.
+        num_structures / num_atoms: sizes of the set the numbers come from.
+        e0s_source: "isolated_atoms", "least_squares", "given" or "zero".
+        r_max: the cutoff used for ``avg_num_neighbors``.
+    """
+
+    species: list[int]
+    e0s: dict[int, float]
+    mean_interaction_energy_per_atom: float
+    force_rms: float
+    avg_num_neighbors: float
+    num_structures: int = 0
+    num_atoms: int = 0
+    e0s_source: str = "given"
+    r_max: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict (e0s keys become strings in JSON; :meth:`from_dict` undoes it)."""
+        d = asdict(self)
+        d["e0s"] = {int(k): float(v) for k, v in self.e0s.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> DatasetStatistics:
+        d = dict(d)
+        d["e0s"] = {int(k): float(v) for k, v in d["e0s"].items()}
+        d["species"] = [int(z) for z in d["species"]]
+        return cls(**d)
+
+
+def e0s_from_isolated_atoms(atoms_list: Iterable[Atoms], source: str = "isolated atoms",
+                            energy_key: str | None = None) -> dict[int, float]:
+    """E0 per element from single-atom structures (e.g. 3BPA ``iso_atoms.xyz``)."""
+    from forcefield.data.atomic_data import extract_labels
+
+    e0s: dict[int, float] = {}
+    for k, atoms in enumerate(atoms_list):
+        if len(atoms) != 1:
+            raise DataError(f"frame {k} of '{source}' has {len(atoms)} atoms; isolated-atom "
+                            "files must hold one atom per frame.")
+        labels = extract_labels(atoms, energy_key, required=("energy",), source=source, index=k)
+        e0s[int(atoms.numbers[0])] = float(labels["energy"])
+    if not e0s:
+        raise DataError(f"'{source}' holds no isolated atoms; give E0s another way.")
+    return e0s
+
+
+def e0s_least_squares(numbers: Sequence[np.ndarray], energies: Sequence[float],
+                      species: Sequence[int] | None = None) -> dict[int, float]:
+    """Fit E0s so that sum_i E0[Z_i] best matches the energies (float64 least squares).
+
+    Raises :class:`DataError` when the composition matrix is rank-deficient (e.g. every
+    structure has the same composition, as in 3BPA), since the fit is then not unique.
+    """
+    species = sorted({int(z) for n in numbers for z in np.asarray(n)}) if species is None \
+        else sorted(int(z) for z in species)
+    if not len(energies):
+        raise DataError("cannot fit E0s on an empty dataset.")
+    col = {z: c for c, z in enumerate(species)}
+    A = np.zeros((len(numbers), len(species)), dtype=np.float64)
+    for r, n in enumerate(numbers):
+        for z, cnt in zip(*np.unique(np.asarray(n), return_counts=True), strict=True):
+            A[r, col[int(z)]] = cnt
+    rank = np.linalg.matrix_rank(A)
+    if rank < len(species):
+        raise DataError(
+            f"cannot fit E0s by least squares: the composition matrix is rank-deficient (rank "
+            f"{rank} for {len(species)} elements {species}, e.g. all structures share one "
+            "composition); "
+            "give isolated-atom energies instead (e0s='path/to/iso_atoms.xyz' or a dict Z->eV)."
+        )
+    sol, *_ = np.linalg.lstsq(A, np.asarray(energies, dtype=np.float64), rcond=None)
+    return {z: float(sol[c]) for z, c in col.items()}
+
+
+def compute_statistics(dataset: Sequence, e0s: Mapping[int, float] | str | None = "least_squares",
+                       *, r_max: float | None = None, e0s_source: str | None = None
+                       ) -> DatasetStatistics:
+    """Statistics of a list of :class:`AtomicData` graphs (float64 throughout).
+
+    Args:
+        dataset: graphs with ``atomic_numbers``, ``edge_index`` and, when present, ``energy``,
+            ``forces`` and ``fixed``.
+        e0s: dict Z -> eV, "least_squares" (fit, error when rank-deficient) or None / "zero"
+            (all zeros).
+        r_max: recorded for reference.
+    """
+    if len(dataset) == 0:
+        raise DataError("cannot compute statistics of an empty dataset; check the data sources.")
+    numbers = [d.atomic_numbers.numpy() for d in dataset]
+    species = sorted({int(z) for n in numbers for z in np.unique(n)})
+    has_energy = all("energy" in d for d in dataset)
+    energies = np.array([float(d.energy.reshape(-1)[0]) for d in dataset]) if has_energy else None
+    if isinstance(e0s, str) and e0s == "least_squares":
+        if energies is None:
+            raise DataError("cannot fit E0s: some structures have no energy label.")
+        e0 = e0s_least_squares(numbers, energies, species)
+        src = "least_squares"
+    elif e0s is None or (isinstance(e0s, str) and e0s == "zero"):
+        e0 = {z: 0.0 for z in species}
+        src = "zero"
+    elif isinstance(e0s, Mapping):
+        e0 = {int(z): float(v) for z, v in e0s.items()}
+        missing = [z for z in species if z not in e0]
+        if missing:
+            raise DataError(f"the E0s given cover elements {sorted(e0)} but the data also has "
+                            f"{missing}; add isolated-atom energies for them.")
+        src = e0s_source or "given"
+    else:
+        raise DataError(f"e0s must be a dict Z->eV, 'least_squares' or None, got {e0s!r}.")
+    n_atoms = np.array([len(n) for n in numbers], dtype=np.float64)
+    if energies is not None:
+        ref = np.array([sum(e0[int(z)] for z in n) for n in numbers], dtype=np.float64)
+        mean_inter = float(np.mean((energies - ref) / n_atoms))
+    else:
+        mean_inter = 0.0
+    sq, cnt = 0.0, 0
+    for d in dataset:
+        if "forces" not in d:
+            continue
+        f = d.forces.numpy().astype(np.float64)
+        if "fixed" in d:
+            f = f[~d.fixed.numpy()]
+        sq += float(np.sum(f * f))
+        cnt += f.size
+    force_rms = float(np.sqrt(sq / cnt)) if cnt else 0.0
+    n_edges = sum(int(d.edge_index.shape[1]) for d in dataset)
+    return DatasetStatistics(
+        species=species,
+        e0s={z: e0[z] for z in sorted(e0)},
+        mean_interaction_energy_per_atom=mean_inter,
+        force_rms=force_rms,
+        avg_num_neighbors=float(n_edges / n_atoms.sum()),
+        num_structures=len(dataset),
+        num_atoms=int(n_atoms.sum()),
+        e0s_source=src,
+        r_max=r_max,
+    )
+
+
+# --------------------------------------------------------------------------- caching
+def default_cache_dir() -> Path:
+    """``$FORCEFIELD_CACHE_DIR`` or ``~/.cache/forcefield``."""
+    env = os.environ.get("FORCEFIELD_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "forcefield"
+
+
+def fingerprint(paths: Iterable[str | os.PathLike], **options) -> str:
+    """A key for one dataset: file paths, sizes, mtimes and the reading options."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        try:
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    h.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def cached_statistics(key: str, compute, cache_dir: str | os.PathLike | None = None,
+                      use_disk: bool = True) -> DatasetStatistics:
+    """Return statistics for ``key`` from memory, then disk (JSON), else ``compute()`` them."""
+    if key in _MEMORY_CACHE:
+        return _MEMORY_CACHE[key]
+    path = Path(cache_dir or default_cache_dir()) / "statistics" / f"{key}.json"
+    if use_disk and path.exists():
+        try:
+            stats = DatasetStatistics.from_dict(json.loads(path.read_text()))
+            _MEMORY_CACHE[key] = stats
+            return stats
+        except (ValueError, TypeError, KeyError):
+            pass  # stale or corrupt cache: recompute
+    stats = compute()
+    _MEMORY_CACHE[key] = stats
+    if use_disk:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(stats.to_dict(), fh, indent=1)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # read-only home: memory cache only
+    return stats

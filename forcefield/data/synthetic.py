@@ -1,0 +1,106 @@
+"""Synthetic structures labelled by ASE's EMT calculator (for tests, demos and benchmarks).
+
+EMT covers Al, Cu, Ag, Au, Ni, Pd, Pt (+ H, C, N, O, roughly). Slabs follow the OC20
+conventions: fully periodic cell with vacuum along z, tags 0 = subsurface, 1 = surface,
+2 = adsorbate, the bottom layers fixed with ``FixAtoms``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.build import add_adsorbate, bulk, fcc100, fcc111, molecule
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
+
+METALS = ("Cu", "Pt", "Au", "Ag", "Ni", "Pd", "Al")
+ADSORBATES = ("O", "H", "N", "C", "CO", "OH")
+KINDS = ("slab", "bulk", "mixed")
+
+
+def label_with_emt(atoms: Atoms) -> Atoms:
+    """Attach EMT energy / forces (raw, constraints ignored) / stress (periodic only)."""
+    atoms.calc = EMT()
+    results = {"energy": atoms.get_potential_energy(),
+               "forces": atoms.get_forces(apply_constraint=False)}
+    if atoms.pbc.all():
+        results["stress"] = atoms.get_stress(voigt=False)
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def emt_slab(rng: np.random.Generator, size: tuple[int, int, int] = (3, 3, 4),
+             metal: str | None = None, adsorbate: str | None = None, vacuum: float = 7.0,
+             rattle: float = 0.05) -> Atoms:
+    """An OC20-like slab (fcc111 or fcc100) with one adsorbate, tagged, bottom half fixed."""
+    metal = metal or str(rng.choice(METALS))
+    build = fcc111 if rng.random() < 0.5 else fcc100
+    slab = build(metal, size=size, vacuum=vacuum, periodic=True)
+    # ase tags layers 1 (top) .. nlayers (bottom); convert to OC20: 1 surface, 0 subsurface
+    layer = slab.get_tags()
+    nlayers = size[2]
+    slab.set_tags(np.where(layer == 1, 1, 0))
+    slab.set_constraint(FixAtoms(mask=layer > nlayers // 2))
+    ads_name = adsorbate or str(rng.choice(ADSORBATES))
+    ads = Atoms(ads_name) if len(ads_name) == 1 else molecule(ads_name)
+    if len(ads) > 1 and ads.positions[1:, 2].mean() < ads.positions[0, 2]:
+        ads.positions[:, 2] *= -1  # binding atom (index 0) at the bottom
+    site = "ontop" if build is fcc100 and rng.random() < 0.5 else (
+        "hollow" if build is fcc100 else str(rng.choice(["ontop", "fcc", "hcp", "bridge"])))
+    n_slab = len(slab)
+    add_adsorbate(slab, ads, height=1.6 + 0.4 * rng.random(), position=site)
+    tags = slab.get_tags()
+    tags[n_slab:] = 2
+    slab.set_tags(tags)
+    slab.rattle(stdev=rattle, seed=int(rng.integers(2**31)))
+    slab.pbc = True
+    return slab
+
+
+def emt_bulk(rng: np.random.Generator, repeat: tuple[int, int, int] | None = None,
+             metal: str | None = None, alloy: bool = True, rattle: float = 0.08,
+             strain: float = 0.02) -> Atoms:
+    """A rattled, strained fcc bulk cell, optionally a random binary alloy."""
+    metal = metal or str(rng.choice(METALS))
+    atoms = bulk(metal, "fcc", cubic=True)
+    repeat = repeat or tuple(int(x) for x in rng.integers(1, 3, size=3))
+    atoms = atoms.repeat(repeat)
+    if alloy and len(atoms) > 1:
+        other = str(rng.choice([m for m in METALS if m != metal]))
+        mask = rng.random(len(atoms)) < 0.3
+        symbols = np.array(atoms.get_chemical_symbols(), dtype=object)
+        symbols[mask] = other
+        atoms.set_chemical_symbols(list(symbols))
+    eps = strain * rng.standard_normal((3, 3))
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+    atoms.rattle(stdev=rattle, seed=int(rng.integers(2**31)))
+    return atoms
+
+
+def emt_structures(n: int, seed: int = 0, kind: str = "mixed", label: bool = True,
+                   **kwargs) -> list[Atoms]:
+    """``n`` EMT-labelled structures: "slab" (slab + adsorbate), "bulk", or "mixed" (alternating).
+
+    Extra keyword arguments go to :func:`emt_slab` / :func:`emt_bulk` (e.g. ``size=(4, 4, 5)``
+    for ~80-atom slabs, ``repeat=(6, 6, 7)`` for ~1000-atom bulk). Each structure carries
+    ``info["sid"] = i``, ``info["fid"] = 0``. Deterministic for a given seed.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(int(n)):
+        k = kind if kind != "mixed" else ("slab" if i % 2 == 0 else "bulk")
+        if k == "slab":
+            atoms = emt_slab(rng, **{key: v for key, v in kwargs.items()
+                                     if key in ("size", "metal", "adsorbate", "vacuum", "rattle")})
+        else:
+            atoms = emt_bulk(rng, **{key: v for key, v in kwargs.items()
+                                     if key in ("repeat", "metal", "alloy", "rattle", "strain")})
+        if label:
+            label_with_emt(atoms)
+        atoms.info["sid"] = i
+        atoms.info["fid"] = 0
+        out.append(atoms)
+    return out
