@@ -14,5 +14,7 @@ fi
 TORCH_VERSION="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || echo 2.13.0)"
 "$VENV/bin/python" -m pip install --quiet "torch==${TORCH_VERSION}"
 "$VENV/bin/python" -m pip install --quiet mace-torch
-"$VENV/bin/python" -c 'import mace, e3nn; print("mace-torch", getattr(mace, "__version__", "?"), "e3nn", e3nn.__version__)'
-echo "mace venv ready: $VENV/bin/python"
+# e3nn 0.4.4 (pinned by mace-torch) torch.load()s its bundled constants.pt, which torch >= 2.6
+# refuses under the weights_only default: run mace code with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1.
+TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "$VENV/bin/python" -c 'import mace, e3nn, e3nn.o3, mace.modules; print("mace-torch", getattr(mace, "__version__", "?"), "e3nn", e3nn.__version__)'
+echo "mace venv ready: $VENV/bin/python (run it with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1)"
