@@ -206,7 +206,9 @@ def _callbacks(out: Path, has_val: bool):
         interrupted = False
 
         def on_exception(self, trainer, pl_module, exception):
-            if isinstance(exception, KeyboardInterrupt):
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
                 self.interrupted = True
                 last = out / "checkpoints" / "last.ckpt"
                 if not last.exists():
