@@ -53,6 +53,7 @@ def emt_slab(rng: np.random.Generator, size: tuple[int, int, int] = (3, 3, 4),
     tags = slab.get_tags()
     tags[n_slab:] = 2
     slab.set_tags(tags)
+    slab.info.pop("adsorbate_info", None)  # a dict that extxyz cannot store
     slab.rattle(stdev=rattle, seed=int(rng.integers(2**31)))
     slab.pbc = True
     return slab
