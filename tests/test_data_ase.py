@@ -170,3 +170,25 @@ def test_embedded_data_dir_found():
 
     assert (embedded_3bpa_dir() / "train_300K.xyz").is_file()
     assert (embedded_oc20_dir() / "oc20_real_frames.extxyz").is_file()
+
+
+@pytest.mark.parametrize("name", ["3bpa", "oc20", "ase"])
+def test_hydra_data_configs_instantiate(name, repo_root, emt_file):
+    """conf/data/*.yaml (written against these signatures) instantiate and set up."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    path = repo_root / "conf" / "data" / f"{name}.yaml"
+    if not path.exists():
+        pytest.skip(f"{path} not written yet")
+    cfg = OmegaConf.load(path)
+    cfg.r_max = 5.0
+    cfg.stats_cache = False
+    if name == "3bpa":
+        cfg.train_size, cfg.valid_size, cfg.test_limit = 8, 2, 3
+    if name == "ase":
+        cfg.train, cfg.e0s = str(emt_file), "zero"
+    dm = instantiate(cfg, _convert_="all")
+    dm.setup("fit")
+    assert dm.statistics.r_max == 5.0 and len(dm.train_data) > 0
+    assert isinstance(dm.test_split_names, list)

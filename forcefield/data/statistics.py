@@ -16,6 +16,8 @@ from ase import Atoms
 from forcefield.data.errors import DataError
 
 _MEMORY_CACHE: dict[str, DatasetStatistics] = {}
+#: bump when the definition of a statistic changes, so stale disk caches are not reused
+STATISTICS_VERSION = 1
 
 
 @dataclass
@@ -185,7 +187,8 @@ def fingerprint(paths: Iterable[str | os.PathLike], **options) -> str:
             h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{p}|missing\n".encode())
-    h.update(json.dumps(options, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"version": STATISTICS_VERSION, **options}, sort_keys=True,
+                        default=str).encode())
     return h.hexdigest()[:24]
 
 
