@@ -98,6 +98,8 @@ class ForceFieldModule(pl.LightningModule):
         self._loss_count = 0
         self._epoch_start = time.perf_counter()
         self.last_val: dict[str, float] = {}
+        self._plateau = None  # ReduceLROnPlateau, stepped after each validation
+        self._plateau_state = None
 
     # ------------------------------------------------------------------ helpers
     def eval_model(self) -> torch.nn.Module:
@@ -165,6 +167,8 @@ class ForceFieldModule(pl.LightningModule):
             row["lr"] = float(opt.param_groups[0]["lr"])
         row["epoch_time_s"] = time.perf_counter() - self._epoch_start
         self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=False)
+        if self._loss_count == 0:  # resumed exactly at an epoch end: the row is written
+            return
         if self.metrics_callback is not None and self.trainer.is_global_zero:
             self.metrics_callback(row)
 
@@ -186,6 +190,10 @@ class ForceFieldModule(pl.LightningModule):
         self.last_val = {"val_loss": val_loss}
         self.last_val.update({f"val_{k}": v for k, v in metrics.items() if k != "n_structures"})
         self.log("val_loss", val_loss, prog_bar=True)
+        if self._plateau is not None:
+            # stepped here (not by Lightning after the epoch) so that the checkpoints
+            # written at the end of this validation hold the updated scheduler state
+            self._plateau.step(val_loss)
         for key in ("val_energy_rmse_meV", "val_forces_rmse_meV_A"):
             if key in self.last_val:
                 self.log(key, self.last_val[key], prog_bar=True)
@@ -241,9 +249,22 @@ class ForceFieldModule(pl.LightningModule):
             total = None
         scheduler = build_scheduler(optimizer, training.get("scheduler"), total_steps=total,
                                     steps_per_epoch=steps_per_epoch)
+        self._plateau = None
+        if scheduler is not None and scheduler.get("monitor"):
+            self._plateau = scheduler["scheduler"]
+            if self._plateau_state is not None:
+                self._plateau.load_state_dict(self._plateau_state)
+            return optimizer
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._plateau is not None:
+            checkpoint["plateau_scheduler"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("plateau_scheduler")
 
     # ------------------------------------------------------------------ loading
     @classmethod

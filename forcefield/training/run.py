@@ -220,12 +220,22 @@ def _callbacks(out: Path, has_val: bool):
         monitor="val_loss" if has_val else None,
         mode="min",
         save_top_k=1,
-        save_last=True,
+        save_last=False,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    # last.ckpt after every epoch (save_last=True only writes it when best.ckpt changes)
+    last = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        save_last=False,
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
     interrupt = Interrupt()
-    return ckpt, interrupt, [ckpt, interrupt, TQDMProgressBar(refresh_rate=1)]
+    return ckpt, interrupt, [ckpt, last, interrupt, TQDMProgressBar(refresh_rate=1)]
 
 
 def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list):

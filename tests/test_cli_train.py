@@ -1,0 +1,225 @@
+"""`forcefield train / evaluate / export` end to end on a tiny 3BPA subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from forcefield.cli import evaluate as evaluate_cli
+from forcefield.cli import export as export_cli
+from forcefield.cli import train as train_cli
+
+TINY = [
+    "data.train_size=10",
+    "data.valid_size=5",
+    "data.test_limit=5",
+    "data.stats_cache=false",
+    "model.channels=8",
+    "model.radial_mlp=[8]",
+    "trainer.max_epochs=1",
+    "trainer.max_time=null",
+]
+QUICK = ["test.enabled=false", "export.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One real `forcefield train` in a subprocess (as a user runs it)."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "forcefield", "train", *TINY, f"output_dir={out}"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=out.parent,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Test errors" in proc.stdout and str(out) in proc.stdout
+    assert "Epoch 0" in proc.stdout + proc.stderr  # the TQDM progress bar
+    return out
+
+
+def test_run_directory_is_complete(run_dir):
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "parity_energy.png",
+                 "parity_forces.png", "model.pt", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob(".*tmp*")) and not list(run_dir.glob("checkpoints/.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"300K", "600K"}
+    for split in metrics["test"].values():
+        for key in ("energy_rmse_meV", "energy_mae_meV", "energy_per_atom_rmse_meV",
+                    "forces_rmse_meV_A", "forces_mae_meV_A", "n_structures"):
+            assert key in split
+        assert split["n_structures"] == 5
+    csv = (run_dir / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("epoch,") and "val_forces_rmse_meV_A" in csv[0]
+    assert len(csv) == 2
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["model"]["species"] == [1, 6, 7, 8]  # statistics flowed into the model
+    assert cfg["model"]["avg_num_neighbors"] > 1
+    assert cfg["output_dir"] == str(run_dir)
+
+
+def test_model_pt_loads_and_predicts(run_dir):
+    from forcefield.export import load_model
+
+    model = load_model(run_dir / "model.pt")
+    assert model.config["channels"] == 8
+    assert next(model.parameters()).dtype == torch.float64
+
+
+def test_evaluate_model_and_checkpoint(run_dir, tmp_path, capsys):
+    train_metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
+    for source in ("model.pt", "checkpoints/best.ckpt"):
+        out = tmp_path / source.replace("/", "_")
+        rc = evaluate_cli.main([f"model={run_dir / source}", "data.test_limit=5",
+                                f"output_dir={out}"])
+        assert rc == 0
+        got = json.loads((out / "metrics.json").read_text())["test"]
+        for split in ("300K", "600K"):
+            for key in ("energy_rmse_meV", "forces_rmse_meV_A"):
+                assert got[split][key] == pytest.approx(train_metrics[split][key], rel=1e-6)
+        assert (out / "parity_energy.png").is_file() and (out / "parity_forces.png").is_file()
+        from ase.io import read
+
+        frames = read(out / "predictions_300K.extxyz", ":")
+        assert len(frames) == 5 and "ref_energy" in frames[0].info
+        assert frames[0].get_forces().shape == (27, 3)
+    assert "300K" in capsys.readouterr().out
+
+
+def test_export_checkpoint(run_dir, tmp_path):
+    from forcefield.export import load_model
+
+    dest = tmp_path / "exported.pt"
+    assert export_cli.main([f"checkpoint={run_dir / 'checkpoints/best.ckpt'}",
+                            f"output={dest}", "dtype=float32"]) == 0
+    model = load_model(dest)
+    assert next(model.parameters()).dtype == torch.float32
+    ref = load_model(run_dir / "model.pt")
+    for (name, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items(),
+                                 strict=True):
+        if a.is_floating_point():
+            assert torch.allclose(a.double(), b.double(), rtol=1e-6, atol=1e-7), name
+
+
+def _last_state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_resume_is_exact(tmp_path):
+    # the cosine schedule's length depends on max_epochs: compare with the plateau one
+    plateau = ["training.scheduler.name=plateau", "training.scheduler.patience=0"]
+    straight = tmp_path / "straight"
+    assert train_cli.main([*TINY, *QUICK, *plateau, "trainer.max_epochs=2",
+                           f"output_dir={straight}"]) == 0
+    split = tmp_path / "split"
+    assert train_cli.main([*TINY, *QUICK, *plateau, "trainer.max_epochs=1",
+                           f"output_dir={split}"]) == 0
+    assert train_cli.main([f"ckpt_path={split / 'checkpoints/last.ckpt'}",
+                           "trainer.max_epochs=2"]) == 0
+    a, b = _last_state(straight), _last_state(split)
+    assert a["epoch"] == b["epoch"] == 1 and a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key  # model and EMA weights
+    opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for key in opt_a:
+        assert torch.equal(opt_a[key]["exp_avg"], opt_b[key]["exp_avg"])
+    assert a["plateau_scheduler"] == b["plateau_scheduler"]
+    assert a["plateau_scheduler"]["last_epoch"] == 2
+    rows = (split / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + epochs 0 and 1
+    assert rows[1:] == (straight / "metrics.csv").read_text().splitlines()[1:] or all(
+        row.split(",")[:4] == ref.split(",")[:4]
+        for row, ref in zip(rows[1:], (straight / "metrics.csv").read_text().splitlines()[1:],
+                            strict=True))
+    # a fresh run into a used directory is refused with the resume hint
+    assert train_cli.main([*TINY, *QUICK, f"output_dir={split}"]) == 2
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    import forcefield.training.module as module
+
+    real = module.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(batch, pred, cfg):
+        loss, terms = real(batch, pred, cfg)
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 0 (2 steps) is fine, epoch 1 diverges
+            loss = loss * float("nan")
+        return loss, terms
+
+    monkeypatch.setattr(module, "compute_loss", poisoned)
+    out = tmp_path / "nan"
+    rc = train_cli.main([*TINY, *QUICK, "trainer.max_epochs=3", f"output_dir={out}"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "nan" in err.lower() and "last.ckpt" in err
+    state = _last_state(out)
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values()
+               if v.is_floating_point())
+
+
+def test_interrupt_leaves_resumable_checkpoint(tmp_path, monkeypatch, capsys):
+    import forcefield.training.module as module
+
+    real = module.ForceFieldModule.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(module.ForceFieldModule, "training_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "ctrlc"
+    try:
+        rc = train_cli.main([*TINY, *QUICK, "trainer.max_epochs=3", f"output_dir={out}"])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after Ctrl-C
+    assert rc == 130
+    assert "ckpt_path=" in capsys.readouterr().err
+    monkeypatch.setattr(module.ForceFieldModule, "training_step", real)
+    assert train_cli.main([f"ckpt_path={out / 'checkpoints/last.ckpt'}"]) == 0
+    assert _last_state(out)["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["model.chanels=4"], "chanels"),
+        (["data.root=/no/such/dir"], "/no/such/dir"),
+        (["ckpt_path=/no/such.ckpt"], "/no/such.ckpt"),
+        (["dtype=float16"], "float16"),
+        (["trainer.inference_mode=true"], "inference_mode"),
+    ],
+)
+def test_train_user_errors(args, needle, capsys, tmp_path):
+    rc = train_cli.main([*args, f"output_dir={tmp_path / 'x'}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_evaluate_and_export_user_errors(capsys, tmp_path):
+    assert evaluate_cli.main(["model=/no/model.pt"]) == 2
+    assert "/no/model.pt" in capsys.readouterr().err
+    assert evaluate_cli.main([]) == 2
+    assert "model=PATH" in capsys.readouterr().err
+    assert export_cli.main(["checkpoint=/no/x.ckpt", f"output={tmp_path}/m.pt"]) == 2
+    assert "/no/x.ckpt" in capsys.readouterr().err
+    assert export_cli.main(["checkpoint=x.ckpt"]) == 2
+    assert "output" in capsys.readouterr().err
+    assert train_cli.main(["--help"]) == 0
+    assert "experiment" in capsys.readouterr().out
