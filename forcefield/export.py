@@ -369,7 +369,7 @@ def load_model(
     cls = _model_class(payload["model_class"])
     try:
         model = cls(**payload["config"])
-    except TypeError as exc:
+    except (TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(
             f"{path}: the stored config does not fit {payload['model_class']} of this "
             f"forcefield version ({exc}); re-export the model with this version"
