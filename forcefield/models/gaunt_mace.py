@@ -136,9 +136,6 @@ class GauntMACE(nn.Module):
         self.species_index = SpeciesIndex(species)
         self.embedding = SpeciesEmbedding(n_el, c)
         self.radial_embedding = RadialEmbedding(cfg["r_max"], cfg["num_radial"], cfg["envelope_p"])
-        self.register_buffer(
-            "sh_scale", torch.tensor(math.sqrt(4 * math.pi)), persistent=False
-        )
         t_max = cfg["num_interactions"]
         self.interactions = nn.ModuleList()
         self.readouts = nn.ModuleList()
@@ -201,7 +198,7 @@ class GauntMACE(nn.Module):
             shift_vec = torch.einsum("ei,eij->ej", shifts, cell[batch[receiver]])
             vec = pos_s[sender] - pos_s[receiver] + shift_vec
             r = torch.linalg.vector_norm(vec, dim=-1, keepdim=True)
-            sh = so3.spherical_harmonics(self.lmax_sh, vec) * self.sh_scale.to(dtype)
+            sh = so3.spherical_harmonics(self.lmax_sh, vec) * math.sqrt(4 * math.pi)
             envelope = self.radial_embedding.envelope(r)
             radial = self.radial_embedding.bessel(r) * envelope
             # smooth "has neighbours" weight of the energy shift: 0 for an isolated atom

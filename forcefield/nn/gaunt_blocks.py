@@ -21,6 +21,7 @@ from torch_geometric.utils import scatter
 
 from forcefield import so3
 
+from .constants import ConstantTables
 from .linear import DegreeLinear
 from .radial import RadialMLP
 
@@ -95,12 +96,21 @@ class GauntConvolution(nn.Module):
         )
         self.register_buffer("deg_in", so3.degree_index(lmax_in), persistent=False)
         self.register_buffer("deg_sh", so3.degree_index(lmax_sh), persistent=False)
+        self.method = method
+        self.tp = None
+        self.fused = False
+        self._tables = ConstantTables()
         if lmax_in > 0:
-            self.tp = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method=method)
-            norm = product_normalisation(self.tp, lmax_in, lmax_sh, lmax_out)
-            self.register_buffer("norm", norm.to(torch.get_default_dtype()))
-        else:
-            self.tp = None
+            reference = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method="dense")
+            norm = product_normalisation(reference, lmax_in, lmax_sh, lmax_out)
+            if method in ("auto", "fused"):
+                self.fused = True
+                self._tables = ConstantTables(
+                    norm=norm, **_fused_grid_tables(lmax_in, lmax_sh, lmax_out, norm)
+                )
+            else:
+                self.tp = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method=method)
+                self._tables = ConstantTables(norm=norm)
         self.linear = DegreeLinear(channels, channels, lmax_out, lmax_out)
 
     def forward(
@@ -120,6 +130,8 @@ class GauntConvolution(nn.Module):
         y = r[:, :, self.deg_sh] * sh[:, None, :]  # [E, C, K_sh]
         hj = h[sender]
         k_out = (self.lmax_out + 1) ** 2
+        if self.fused:
+            return self._fused(hj, w, r, sh, receiver, num_nodes)
         if self.tp is None:
             m = hj * y[:, :, :k_out]
             if m.shape[-1] < k_out:
@@ -127,10 +139,54 @@ class GauntConvolution(nn.Module):
         else:
             wn = w[:, : self.num_node_weights].reshape(num_edges, c, self.lmax_in + 1)
             x = hj * wn[:, :, self.deg_in]
-            m = self.tp(x, y) * self.norm
+            m = self.tp(x, y) * self._tables.get(x)["norm"]
         a = scatter(m, receiver, dim=0, dim_size=num_nodes, reduce="sum")
         a = a / self.avg_num_neighbors
         return self.linear(a)
+
+
+    def _fused(self, hj, w, r, sh, receiver, num_nodes):
+        """The same Gaunt product on an exact sphere quadrature, exploiting its structure.
+
+        x = w * h_j is evaluated on the P grid points ([E, C, K1] @ [K1, P]); the filter
+        R * Y needs only the channel-independent per-degree grid values of Y
+        (Yg[e, l2, p] = sum_m2 Y[e, l2 m2] Y_l2m2(p)) and one [C, L2+1] @ [L2+1, P] per edge;
+        the pointwise product is summed over neighbours on the grid and projected to
+        degree <= lmax_out once per node (projection, quadrature weights and the output
+        normalisation are one [P, K_out] matrix).
+        """
+        num_edges = hj.shape[0]
+        c = self.channels
+        wn = w[:, : self.num_node_weights].reshape(num_edges, c, self.lmax_in + 1)
+        t = self._tables.get(hj)
+        x = hj * (wn @ t["expand_in"])  # [E, C, K1]
+        xg = x @ t["grid_in"]  # [E, C, P]
+        yg_deg = t["collapse_sh"] @ (sh.unsqueeze(-1) * t["grid_sh"])  # [E, L2+1, P]
+        yg = torch.bmm(r, yg_deg)  # [E, C, P]
+        zg = scatter(xg * yg, receiver, dim=0, dim_size=num_nodes, reduce="sum")
+        a = (zg @ t["projection"]) / self.avg_num_neighbors
+        return self.linear(a)
+
+
+def _expansion(lmax: int) -> torch.Tensor:
+    """0/1 matrix [lmax+1, (lmax+1)^2] copying a per-degree value to each of its 2l+1 slots."""
+    deg = so3.degree_index(lmax)
+    return (torch.arange(lmax + 1)[:, None] == deg[None, :]).to(torch.float64)
+
+
+def _fused_grid_tables(lmax1: int, lmax2: int, lmax_out: int, norm: torch.Tensor):
+    points, weights = so3.sphere_quadrature(lmax1 + lmax2 + lmax_out)
+    pts = torch.as_tensor(points, dtype=torch.float64)
+    wts = torch.as_tensor(weights, dtype=torch.float64)
+    y_all = so3.spherical_harmonics(max(lmax1, lmax2, lmax_out), pts)  # [P, K]
+    k1, k2, ko = (lmax1 + 1) ** 2, (lmax2 + 1) ** 2, (lmax_out + 1) ** 2
+    return {
+        "expand_in": _expansion(lmax1),
+        "grid_in": y_all[:, :k1].T.contiguous(),
+        "grid_sh": y_all[:, :k2].T.contiguous(),
+        "collapse_sh": _expansion(lmax2),
+        "projection": (y_all[:, :ko] * wts[:, None] * norm[None, :]).contiguous(),
+    }
 
 
 class GauntManyBodyProduct(nn.Module):
@@ -161,7 +217,7 @@ class GauntManyBodyProduct(nn.Module):
         norms = [torch.ones((lmax_out + 1) ** 2, dtype=torch.float64)]
         for nu, mod in zip(range(2, correlation + 1), self.powers, strict=False):
             norms.append(power_normalisation(mod, lmax_in, nu, lmax_out)[nu - 1])
-        self.register_buffer("norm", torch.stack(norms).to(torch.get_default_dtype()))
+        self._tables = ConstantTables(norm=torch.stack(norms))
         self.weight_in = nn.Parameter(torch.ones(num_elements, correlation, channels, lmax_in + 1))
         self.weight_out = nn.Parameter(
             torch.randn(num_elements, correlation, channels, lmax_out + 1) / math.sqrt(correlation)
@@ -173,9 +229,10 @@ class GauntManyBodyProduct(nn.Module):
         k_out = (self.lmax_out + 1) ** 2
         w_in = self.weight_in[species_idx]  # [N, nu, C, L_in+1]
         w_out = self.weight_out[species_idx][..., self.deg_out]  # [N, nu, C, K_out]
-        out = a[:, :, :k_out] * w_out[:, 0] * self.norm[0]
+        norm = self._tables.get(a)["norm"]
+        out = a[:, :, :k_out] * w_out[:, 0] * norm[0]
         for nu in range(2, self.correlation + 1):
             x = a * w_in[:, nu - 1][..., self.deg_in]
             p = self.powers[nu - 2](x)[..., nu - 1, :]
-            out = out + p * (self.norm[nu - 1] * w_out[:, nu - 1])
+            out = out + p * (norm[nu - 1] * w_out[:, nu - 1])
         return out

@@ -39,12 +39,12 @@ class BesselBasis(nn.Module):
     def __init__(self, r_max: float, num_basis: int = 8):
         super().__init__()
         self.r_max = float(r_max)
-        freqs = math.pi / self.r_max * torch.arange(1, num_basis + 1, dtype=torch.float64)
-        self.register_buffer("freqs", freqs.to(torch.get_default_dtype()))
+        self.num_basis = int(num_basis)
         self.prefactor = math.sqrt(2.0 / self.r_max)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:  # r [E, 1]
-        return self.prefactor * torch.sin(self.freqs * r) / r
+        n = torch.arange(1, self.num_basis + 1, dtype=r.dtype, device=r.device)
+        return self.prefactor * torch.sin(n * (math.pi / self.r_max) * r) / r
 
 
 class RadialEmbedding(nn.Module):
