@@ -166,7 +166,7 @@ class ForceFieldModule(pl.LightningModule):
         if opt is not None:
             row["lr"] = float(opt.param_groups[0]["lr"])
         row["epoch_time_s"] = time.perf_counter() - self._epoch_start
-        self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=False)
+        self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=True)
         if self._loss_count == 0:  # resumed exactly at an epoch end: the row is written
             return
         if self.metrics_callback is not None and self.trainer.is_global_zero:
@@ -189,14 +189,15 @@ class ForceFieldModule(pl.LightningModule):
             return
         self.last_val = {"val_loss": val_loss}
         self.last_val.update({f"val_{k}": v for k, v in metrics.items() if k != "n_structures"})
-        self.log("val_loss", val_loss, prog_bar=True)
+        # the values are already reduced over ranks: sync_dist only silences the warning
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
         if self._plateau is not None:
             # stepped here (not by Lightning after the epoch) so that the checkpoints
             # written at the end of this validation hold the updated scheduler state
             self._plateau.step(val_loss)
         for key in ("val_energy_rmse_meV", "val_forces_rmse_meV_A"):
             if key in self.last_val:
-                self.log(key, self.last_val[key], prog_bar=True)
+                self.log(key, self.last_val[key], prog_bar=True, sync_dist=True)
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
@@ -233,7 +234,8 @@ class ForceFieldModule(pl.LightningModule):
         for name, metrics in self.test_results.items():
             for key in ("energy_rmse_meV", "forces_rmse_meV_A"):
                 if key in metrics:
-                    self.log(f"test_{name}_{key}", metrics[key], add_dataloader_idx=False)
+                    self.log(f"test_{name}_{key}", metrics[key], add_dataloader_idx=False,
+                             sync_dist=True)
 
     # ------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
