@@ -161,10 +161,7 @@ class ForceFieldCalculator(Calculator):
         """The model input (a torch_geometric ``Data`` in batch form) for ``atoms``."""
         from torch_geometric.data import Data
 
-        try:
-            from forcefield.data import neighbour_list
-        except ImportError:  # pragma: no cover - older layout
-            from forcefield.data.neighbours import neighbour_list
+        from forcefield.data import neighbour_list
 
         pos = np.asarray(atoms.positions, dtype=np.float64)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
