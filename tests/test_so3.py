@@ -305,3 +305,15 @@ def test_auto_rule_returns_an_exact_method() -> None:
     for lmax in range(0, 9):
         assert select_method(lmax, lmax, lmax) in EXACT
         assert select_method(lmax, lmax, lmax, order=3) in EXACT
+
+
+def test_chunked_grid_matches_dense_with_broadcasting() -> None:
+    """Large CPU batches run the grid in cache-sized chunks; results must not change."""
+    x1 = random_features(2, 3000, 4)
+    x2 = random_features(2, 3000, 1, seed=10)
+    grid = GauntTensorProduct(2, 2, 2, "grid")(x1, x2)
+    dense = GauntTensorProduct(2, 2, 2, "dense")(x1, x2)
+    torch.testing.assert_close(grid, dense, atol=1e-12, rtol=0)
+    powers_grid = GauntPowers(2, 3, 2, "grid")(x1)
+    powers_dense = GauntPowers(2, 3, 2, "dense")(x1)
+    torch.testing.assert_close(powers_grid, powers_dense, atol=1e-12, rtol=0)

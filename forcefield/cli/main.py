@@ -10,11 +10,14 @@ import sys
 from importlib import import_module
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("forcefield.cli.train", "train a potential (Hydra overrides: data=..., model=..., trainer=...)"),
-    "evaluate": ("forcefield.cli.evaluate", "evaluate a model.pt or checkpoint on test data, write metrics.json"),
+    "train": ("forcefield.cli.train",
+              "train a potential (Hydra overrides: data=..., model=..., trainer=...)"),
+    "evaluate": ("forcefield.cli.evaluate",
+                 "evaluate a model.pt or checkpoint on test data, write metrics.json"),
     "export": ("forcefield.cli.export", "turn a Lightning checkpoint into a deployable model.pt"),
     "md": ("forcefield.cli.md", "run molecular dynamics with a trained model through ASE"),
-    "convert": ("forcefield.cli.convert", "rewrite a legacy (pickled) OC20 LMDB into a pickle-free ASE database"),
+    "convert": ("forcefield.cli.convert",
+                "rewrite a legacy (pickled) OC20 LMDB into a pickle-free ASE database"),
 }
 
 
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forcefield: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
+    from forcefield.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     module = import_module(SUBCOMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -54,19 +54,16 @@ def sphere_quadrature(degree: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @cache
-def grid_tables(lmax1: int, lmax2: int, lmax_out: int, order: int = 2) -> tuple[np.ndarray, ...]:
-    """Tables of the grid method for a product of ``order`` factors.
+def grid_tables(lmax_in: tuple[int, ...], lmax_out: int, degree: int) -> tuple[np.ndarray, ...]:
+    """Tables of the grid method on a quadrature exact for total ``degree``.
 
-    Returns (Y1 [D1, P], Y2 [D2, P], projection [P, D_out]) where Y evaluate the inputs on
-    the grid and ``projection`` integrates against Y_out with the quadrature weights.
-    For powers (``order`` > 2) lmax2 is ignored and the grid integrates order*lmax1+lmax_out.
+    Returns one [D_in, P] table per input degree (values of Y on the grid points) and the
+    projection [P, D_out] (Y_out times the quadrature weights), so that
+    out = ((x1 @ Y1) * (x2 @ Y2)) @ projection.
     """
-    degree = (order * lmax1 if order > 2 else lmax1 + lmax2) + lmax_out
     points, weights = sphere_quadrature(degree)
-    y1 = _sh_numpy(lmax1, points).T.copy()
-    y2 = _sh_numpy(lmax2, points).T.copy()
-    projection = _sh_numpy(lmax_out, points) * weights[:, None]
-    return y1, y2, projection
+    inputs = tuple(_sh_numpy(lmax, points).T.copy() for lmax in lmax_in)
+    return (*inputs, _sh_numpy(lmax_out, points) * weights[:, None])
 
 
 @cache
