@@ -99,7 +99,7 @@ class GauntConvolution(nn.Module):
         self.method = method
         self.tp = None
         self.fused = False
-        self._tables = ConstantTables()
+        self._tables = ConstantTables(expand_first=_expansion(min(lmax_sh, lmax_out)))
         if lmax_in > 0:
             reference = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method="dense")
             norm = product_normalisation(reference, lmax_in, lmax_sh, lmax_out)
@@ -127,19 +127,26 @@ class GauntConvolution(nn.Module):
         h = self.linear_up(h)
         w = self.radial(radial)
         r = w[:, self.num_node_weights :].reshape(num_edges, c, self.lmax_sh + 1)
-        y = r[:, :, self.deg_sh] * sh[:, None, :]  # [E, C, K_sh]
         hj = h[sender]
         k_out = (self.lmax_out + 1) ** 2
         if self.fused:
             return self._fused(hj, w, r, sh, receiver, num_nodes)
-        if self.tp is None:
-            m = hj * y[:, :, :k_out]
-            if m.shape[-1] < k_out:
-                m = torch.nn.functional.pad(m, (0, k_out - m.shape[-1]))
-        else:
-            wn = w[:, : self.num_node_weights].reshape(num_edges, c, self.lmax_in + 1)
-            x = hj * wn[:, :, self.deg_in]
-            m = self.tp(x, y) * self._tables.get(x)["norm"]
+        if self.lmax_in == 0:
+            # h_j is a scalar per channel: Gaunt(h_j, R Y) = h_j R Y / sqrt(4 pi); with the
+            # normalisation this is just h_j * R * Y, kept only up to the degree we need.
+            l_first = min(self.lmax_sh, self.lmax_out)
+            k_first = (l_first + 1) ** 2
+            expand = self._tables.get(hj)["expand_first"]
+            m = hj * ((r[:, :, : l_first + 1] @ expand) * sh[:, None, :k_first])
+            if k_first < k_out:
+                m = torch.nn.functional.pad(m, (0, k_out - k_first))
+            a = scatter(m, receiver, dim=0, dim_size=num_nodes, reduce="sum")
+            return self.linear(a / self.avg_num_neighbors)
+        # reference path: the so3 Gaunt tensor product with the requested method
+        wn = w[:, : self.num_node_weights].reshape(num_edges, c, self.lmax_in + 1)
+        x = hj * wn[:, :, self.deg_in]
+        y = r[:, :, self.deg_sh] * sh[:, None, :]  # [E, C, K_sh]
+        m = self.tp(x, y) * self._tables.get(x)["norm"]
         a = scatter(m, receiver, dim=0, dim_size=num_nodes, reduce="sum")
         a = a / self.avg_num_neighbors
         return self.linear(a)
