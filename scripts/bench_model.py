@@ -5,8 +5,8 @@ Measures, per preset, a training step (energy + forces forward, loss on both, ba
 through the force graph) and inference (energy + forces) on batches of 3BPA structures,
 side by side in one run. Every (model, preset, mode) runs in a fresh subprocess so its
 peak memory can be measured: on CPU the growth of the peak resident set size over the
-resident size after setup (model, data and one warm-up step excluded? no: included, see
-``peak_mb``), on CUDA ``torch.cuda.max_memory_allocated``.
+resident size after setup (model and batches built, before the first step), on CUDA
+``torch.cuda.max_memory_allocated`` (model and batches included).
 
 mace-torch is not a dependency of forcefield: it lives in .venv-mace (created by
 scripts/setup_mace_env.sh) and its side runs with that interpreter.
@@ -222,11 +222,14 @@ def worker(args) -> dict:
         model.train()
     else:
         model.eval()
-    step()  # first call: lazy tables, allocator warm-up
+    # peak memory: growth of the peak RSS over the RSS after setup (model, data on the
+    # device), covering the untimed first step and the timed ones
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     base_rss = _rss_mb()
+    step()  # first call: lazy tables, allocator warm-up
+    sync()
     elapsed, cpu_s, n = _time_loop(step, 1, args.steps, sync)
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
