@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import platform
+import random
 import time
 
 import torch
@@ -29,7 +30,9 @@ OURS = ("dense", "grid", "fourier", "auto")
 def interleaved_medians(candidates: dict, device: torch.device, budget_s: float,
                         max_rounds: int = 30) -> dict[str, float]:
     """Median wall time (ms) of each callable, timed round-robin so that load changes on a
-    shared machine hit every candidate alike; at least 3 rounds, then until the budget."""
+    shared machine hit every candidate alike, in a new (seeded) order each round so that no
+    candidate always follows the same cache-thrashing neighbour; at least 3 rounds, then
+    until the budget."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -38,11 +41,15 @@ def interleaved_medians(candidates: dict, device: torch.device, budget_s: float,
         fn()
     sync()
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates)
+    shuffle = random.Random(0).shuffle
     start = time.perf_counter()
     for round_index in range(max_rounds):
         if round_index >= 3 and time.perf_counter() - start > budget_s:
             break
-        for name, fn in candidates.items():
+        shuffle(order)
+        for name in order:
+            fn = candidates[name]
             t0 = time.perf_counter()
             fn()
             sync()

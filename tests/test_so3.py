@@ -317,3 +317,17 @@ def test_chunked_grid_matches_dense_with_broadcasting() -> None:
     powers_grid = GauntPowers(2, 3, 2, "grid")(x1)
     powers_dense = GauntPowers(2, 3, 2, "dense")(x1)
     torch.testing.assert_close(powers_grid, powers_dense, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_gradcheck_with_broadcasting(method: str) -> None:
+    """Gradients of broadcast inputs are summed back to their own shapes."""
+    product = GauntTensorProduct(2, 1, 2, method)
+    x1 = random_features(2, 2, 3).requires_grad_()
+    x2 = random_features(1, 2, 1, seed=11).requires_grad_()
+    assert torch.autograd.gradcheck(product, (x1, x2))
+    assert torch.autograd.gradgradcheck(product, (x1, x2))
+    high = GauntTensorProduct(4, 0, 1, method)  # degrees 2..4 of x1 cannot reach lmax_out
+    x3 = random_features(4, 3).requires_grad_()
+    x4 = random_features(0, 1, seed=12).requires_grad_()
+    assert torch.autograd.gradcheck(high, (x3, x4))

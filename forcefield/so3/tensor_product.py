@@ -191,6 +191,43 @@ def _in_chunks(fn, inputs: tuple[Tensor, ...], grid_points: int) -> Tensor:
     return torch.cat(chunks)
 
 
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a broadcast gradient back to the shape of the input it belongs to."""
+    extra = grad.dim() - len(shape)
+    if extra:
+        grad = grad.sum(dim=tuple(range(extra)))
+    dims = tuple(i for i, size in enumerate(shape) if size == 1 and grad.shape[i] != 1)
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+class _GridProductFunction(torch.autograd.Function):
+    """Grid Gaunt product whose backward is two more Gaunt products.
+
+    Real Gaunt coefficients are symmetric in their three indices, so
+    d out / d x1 contracted with g is Gaunt(g, x2) projected to lmax1 (and likewise for
+    x2).  The backward therefore reuses the chunked grid product instead of saving the
+    [rows, grid points] intermediates, and it is itself differentiable (double backward
+    for force training) because it calls this same function.
+    """
+
+    @staticmethod
+    def forward(ctx, x1: Tensor, x2: Tensor, product: GauntTensorProduct) -> Tensor:
+        ctx.product = product
+        ctx.save_for_backward(x1, x2)
+        return product._grid_forward(x1, x2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x1, x2 = ctx.saved_tensors
+        product = ctx.product
+        grad1 = grad2 = None
+        if ctx.needs_input_grad[0]:
+            grad1 = _sum_to(_resize(product._adjoint(0)(grad, x2), x1.shape[-1]), x1.shape)
+        if ctx.needs_input_grad[1]:
+            grad2 = _sum_to(_resize(product._adjoint(1)(grad, x1), x2.shape[-1]), x2.shape)
+        return grad1, grad2, None
+
+
 class GauntTensorProduct(nn.Module):
     """Gaunt tensor product: the degree-<=lmax_out expansion of f1(r) * f2(r) on the sphere.
 
@@ -211,6 +248,7 @@ class GauntTensorProduct(nn.Module):
         self.lmax1, self.lmax2, self.lmax_out = lmax1, lmax2, lmax_out
         self.requested_method = method
         self.method = select_method(lmax1, lmax2, lmax_out) if method == "auto" else method
+        self._adjoints: list[GauntTensorProduct | None] = [None, None]  # built on first backward
         self._build()
 
     def _build(self) -> None:
@@ -232,6 +270,24 @@ class GauntTensorProduct(nn.Module):
         return (f"lmax1={self.lmax1}, lmax2={self.lmax2}, lmax_out={self.lmax_out}, "
                 f"method={self.method!r}")
 
+    def _grid_forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """The grid product itself, in cache-sized chunks on CPU (no autograd logic)."""
+        t = self._tables.get(x1)
+
+        def product(a: Tensor, b: Tensor) -> Tensor:
+            return ((a @ t["y1"]) * (b @ t["y2"])) @ t["projection"]
+
+        return _in_chunks(product, (x1, x2), t["projection"].shape[0])
+
+    def _adjoint(self, slot: int) -> GauntTensorProduct:
+        """The product giving the gradient for input ``slot`` (degrees above
+        lmax_out + the other degree get no gradient and are padded with zeros)."""
+        if self._adjoints[slot] is None:
+            own, other = (self.lmax1, self.lmax2) if slot == 0 else (self.lmax2, self.lmax1)
+            self._adjoints[slot] = GauntTensorProduct(
+                self.lmax_out, other, min(own, self.lmax_out + other), method="grid")
+        return self._adjoints[slot]
+
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         _check_input("x1", x1, self.lmax1)
         _check_input("x2", x2, self.lmax2)
@@ -245,10 +301,7 @@ class GauntTensorProduct(nn.Module):
             partial = (x2 @ t["second"]).unflatten(-1, (x1.shape[-1], d_out))
             return (x1.unsqueeze(-2) @ partial).squeeze(-2)
         if self.method == "grid":
-            def product(a: Tensor, b: Tensor) -> Tensor:
-                return ((a @ t["y1"]) * (b @ t["y2"])) @ t["projection"]
-
-            return _in_chunks(product, (x1, x2), t["projection"].shape[0])
+            return _GridProductFunction.apply(x1, x2, self)
         grid1 = self._fourier.to_grid(x1, 0, t)
         grid2 = self._fourier.to_grid(x2, 1, t)
         return self._fourier.from_grid(grid1 * grid2, t)
