@@ -201,9 +201,12 @@ class GauntMACE(nn.Module):
             sh = so3.spherical_harmonics(self.lmax_sh, vec) * math.sqrt(4 * math.pi)
             envelope = self.radial_embedding.envelope(r)
             radial = self.radial_embedding.bessel(r) * envelope
-            # smooth "has neighbours" weight of the energy shift: 0 for an isolated atom
+            # "has neighbours" weight of the energy shift: smootherstep (C2) of the
+            # envelope-weighted neighbour count, 0 for an isolated atom, exactly 1 from one
+            # full neighbour on (every atom of a molecule or solid)
             coordination = scatter(envelope[:, 0], receiver, dim=0, dim_size=n, reduce="sum")
-            shift_weight = 1.0 - torch.exp(-coordination)
+            x = coordination.clamp(0.0, 1.0)
+            shift_weight = x * x * x * (10.0 - 15.0 * x + 6.0 * x * x)
 
             h = self.embedding(species_idx).unsqueeze(-1)
             model_energy = torch.zeros(n, dtype=dtype, device=pos.device)

@@ -41,9 +41,11 @@ class MLPReadout(nn.Module):
 class AtomicEnergyHead(nn.Module):
     """node_energy = E0[z] + scale * e_model + shift * g, computed in float64.
 
-    ``g`` in [0, 1) is a smooth weight (the model passes 1 - exp(-sum_j u(r_ij)), u the
-    cutoff envelope): ~1 for an atom with neighbours, exactly 0 for an isolated atom, so an
-    isolated atom's energy is its E0 and the energy stays smooth as neighbours leave r_max.
+    ``g`` in [0, 1] is a smooth weight (the model passes the C2 smootherstep of
+    min(1, sum_j u(r_ij)), u the cutoff envelope): exactly 1 for any atom with at least one
+    neighbour's worth of envelope (all atoms of molecules and solids), exactly 0 for an
+    isolated atom, so an isolated atom's energy is its E0 and the energy stays twice
+    differentiable as neighbours leave r_max.
 
     ``e0s`` [num_elements] (eV), ``shift`` (eV/atom) and ``scale`` (eV) come from the data
     statistics and are float64 buffers that never change dtype with ``model.float()``.
