@@ -52,6 +52,9 @@ def make_model(seed: int = 0, **overrides) -> GauntMACE:
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.0 + 0.3 * torch.randn_like(p))
+        for readout in model.readouts:  # zero-initialised: give them generic values
+            for p in readout.parameters():
+                p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
     return model
 
 

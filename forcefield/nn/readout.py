@@ -17,7 +17,9 @@ class LinearReadout(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(channels) / math.sqrt(channels))
+        # zero at initialisation: the untrained model predicts E0 + shift exactly, so the
+        # first steps fit forces instead of undoing a random per-atom energy offset
+        self.weight = nn.Parameter(torch.zeros(channels))
 
     def forward(self, scalars: torch.Tensor) -> torch.Tensor:
         return scalars @ self.weight
@@ -32,7 +34,7 @@ class MLPReadout(nn.Module):
         self.act = ScaledSiLU()
         self.lin2 = nn.Linear(hidden, 1, bias=False)
         nn.init.normal_(self.lin1.weight, std=1.0 / math.sqrt(channels))
-        nn.init.normal_(self.lin2.weight, std=1.0 / math.sqrt(hidden))
+        nn.init.zeros_(self.lin2.weight)  # see LinearReadout
 
     def forward(self, scalars: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(scalars))).squeeze(-1)
