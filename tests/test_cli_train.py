@@ -117,26 +117,31 @@ def _last_state(run: Path) -> dict:
 
 def test_resume_is_exact(tmp_path):
     # the cosine schedule's length depends on max_epochs: compare with the plateau one
-    plateau = ["training.scheduler.name=plateau", "training.scheduler.patience=0"]
+    plateau = ["training.scheduler.name=plateau", "training.scheduler.patience=0",
+               "training.stage_two.start_epoch=1"]
     straight = tmp_path / "straight"
-    assert train_cli.main([*TINY, *QUICK, *plateau, "trainer.max_epochs=2",
+    assert train_cli.main([*TINY, *QUICK, *plateau, "trainer.max_epochs=3",
                            f"output_dir={straight}"]) == 0
     split = tmp_path / "split"
     assert train_cli.main([*TINY, *QUICK, *plateau, "trainer.max_epochs=1",
                            f"output_dir={split}"]) == 0
     assert train_cli.main([f"ckpt_path={split / 'checkpoints/last.ckpt'}",
-                           "trainer.max_epochs=2"]) == 0
+                           "trainer.max_epochs=3"]) == 0
     a, b = _last_state(straight), _last_state(split)
-    assert a["epoch"] == b["epoch"] == 1 and a["global_step"] == b["global_step"]
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
+    assert a["stage_two_active"] and b["stage_two_active"]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key  # model and EMA weights
     opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     for key in opt_a:
         assert torch.equal(opt_a[key]["exp_avg"], opt_b[key]["exp_avg"])
     assert a["plateau_scheduler"] == b["plateau_scheduler"]
-    assert a["plateau_scheduler"]["last_epoch"] == 2
+    assert a["plateau_scheduler"]["last_epoch"] == 3
+    assert a["optimizer_states"][0]["param_groups"][0]["lr"] <= 0.001  # stage-two lr
     rows = (split / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 3  # header + epochs 0 and 1
+    assert len(rows) == 4  # header + epochs 0, 1 (stage two from here), 2
+    stage = rows[0].split(",").index("stage")
+    assert [r.split(",")[stage] for r in rows[1:]] == ["1", "2", "2"]
     assert rows[1:] == (straight / "metrics.csv").read_text().splitlines()[1:] or all(
         row.split(",")[:4] == ref.split(",")[:4]
         for row, ref in zip(rows[1:], (straight / "metrics.csv").read_text().splitlines()[1:],

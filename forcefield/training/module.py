@@ -100,6 +100,8 @@ class ForceFieldModule(pl.LightningModule):
         self.last_val: dict[str, float] = {}
         self._plateau = None  # ReduceLROnPlateau, stepped after each validation
         self._plateau_state = None
+        self.stage_two = dict(training.get("stage_two") or {})
+        self.stage_two_active = False
 
     # ------------------------------------------------------------------ helpers
     def eval_model(self) -> torch.nn.Module:
@@ -125,6 +127,7 @@ class ForceFieldModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
+        self._maybe_start_stage_two()
         self.train_metrics.reset()
         self._loss_sum = 0.0
         self._loss_count = 0
@@ -165,6 +168,7 @@ class ForceFieldModule(pl.LightningModule):
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:
             row["lr"] = float(opt.param_groups[0]["lr"])
+        row["stage"] = 2 if self.stage_two_active else 1
         row["epoch_time_s"] = time.perf_counter() - self._epoch_start
         self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=True)
         if self._loss_count == 0:  # resumed exactly at an epoch end: the row is written
@@ -264,9 +268,77 @@ class ForceFieldModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._plateau is not None:
             checkpoint["plateau_scheduler"] = self._plateau.state_dict()
+        checkpoint["stage_two_active"] = bool(self.stage_two_active)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._plateau_state = checkpoint.get("plateau_scheduler")
+        if checkpoint.get("stage_two_active"):
+            self.stage_two_active = True
+            self.loss_cfg = self._stage_two_loss()
+
+    # ------------------------------------------------------------------ stage two
+    def _stage_two_loss(self) -> LossConfig:
+        cfg = self.stage_two
+        return LossConfig(
+            energy_weight=float(cfg.get("energy_weight", 1000.0)),
+            forces_weight=float(cfg.get("forces_weight", 100.0)),
+            stress_weight=self.loss_cfg.stress_weight,
+            kind=self.loss_cfg.kind,
+            huber_delta=self.loss_cfg.huber_delta,
+        )
+
+    def _stage_two_due(self) -> bool:
+        cfg = self.stage_two
+        if not cfg.get("enabled", False) or self.stage_two_active:
+            return False
+        if cfg.get("start_epoch") is not None:
+            return self.current_epoch >= int(cfg["start_epoch"])
+        frac = float(cfg.get("start_fraction", 0.75))
+        max_epochs = self.trainer.max_epochs
+        due = bool(max_epochs and max_epochs > 0 and self.current_epoch >= math.ceil(
+            frac * max_epochs))
+        from lightning.pytorch.callbacks import Timer
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, Timer) and cb._duration:
+                # time-limited runs: start when this fraction of max_time has passed,
+                # leaving room for at least one more epoch
+                due = due or cb.time_elapsed("train") >= frac * cb._duration
+        return due
+
+    def _maybe_start_stage_two(self) -> None:
+        """MACE's "stage two": re-weight the loss towards energies and lower the lr."""
+        due = self._stage_two_due()
+        due = bool(self.trainer.strategy.broadcast(due, src=0))
+        if not due:
+            return
+        self.stage_two_active = True
+        self.loss_cfg = self._stage_two_loss()
+        lr = self.stage_two.get("lr")
+        opt = self.optimizers(use_pl_optimizer=False)
+        if lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = float(lr)
+            for config in self.trainer.lr_scheduler_configs:
+                sched = config.scheduler
+                if hasattr(sched, "base_lrs"):
+                    sched.base_lrs = [float(lr)] * len(sched.base_lrs)
+        if self._plateau is not None:
+            self._plateau._reset()
+        # the validation loss changes scale: select the best checkpoint within stage two
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.monitor == "val_loss":
+                cb.best_k_models = {}
+                cb.kth_best_model_path = ""
+                cb.best_model_score = None
+                cb.best_model_path = ""
+                cb.kth_value = torch.tensor(float("inf"))
+        if self.trainer.is_global_zero:
+            print(f"\nstage two from epoch {self.current_epoch}: energy weight "
+                  f"{self.loss_cfg.energy_weight}, forces weight {self.loss_cfg.forces_weight}"
+                  + (f", lr {lr}" if lr is not None else ""), flush=True)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -22,7 +22,7 @@ from forcefield.training.io import atomic_write_csv, atomic_write_json, read_csv
 
 TRAIN_KEYS = ("data", "model", "trainer", "experiment", "seed", "dtype", "output_dir",
               "ckpt_path", "training", "test", "export")
-TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema")
+TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema", "stage_two")
 DTYPES = ("float32", "float64")
 
 

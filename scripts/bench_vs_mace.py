@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""Train forcefield's default Gaunt-MACE and mace-torch's MACE side by side on 3BPA.
+
+Same data (train_300K, the seeded 450/50 train/valid split of forcefield's
+ThreeBPADataModule, E0s from iso_atoms.xyz), same hyperparameters (channels, L, l_sh,
+correlation, interactions, radial basis and MLP, readout MLP, r_max), same training
+setting (batch 5, Adam amsgrad lr 0.01, EMA 0.99, weights energy 1 / forces 1000,
+ReduceLROnPlateau 0.8/50, float64, seed 0) and the same number of epochs. Reports the
+wall time per epoch (training + validation; median over epochs) and the test_300K /
+test_600K total-energy and force-component RMSE of both.
+
+mace-torch runs in its own environment (``scripts/setup_mace_env.sh`` creates
+.venv-mace), as a subprocess: ``mace_run_train`` then ``mace_eval_configs``.
+
+    python scripts/bench_vs_mace.py --epochs 3 --threads 2 [--test-limit 500]
+        [--json bench_vs_mace.json] [--skip-mace] [--skip-ours]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MACE_PY = ROOT / ".venv-mace" / "bin" / "python"
+
+SETTING = {
+    "batch_size": 5,
+    "lr": 0.01,
+    "ema_decay": 0.99,
+    "energy_weight": 1.0,
+    "forces_weight": 1000.0,
+    "plateau_factor": 0.8,
+    "plateau_patience": 50,
+    "weight_decay": 5e-7,
+    "clip_grad": 10.0,
+    "seed": 0,
+    "dtype": "float64",
+}
+
+
+def model_hyperparameters() -> dict:
+    from forcefield.models import PRESETS
+
+    return dict(PRESETS["gaunt_mace_small"])
+
+
+def split_3bpa(work: Path, test_limit: int | None) -> dict[str, Path]:
+    """Write train/valid/test extxyz files with REF_energy/REF_forces (forcefield's split)."""
+    from ase.io import read, write
+
+    from forcefield.data import embedded_3bpa_dir
+
+    root = embedded_3bpa_dir()
+    frames = read(root / "train_300K.xyz", ":")
+    perm = np.random.default_rng(0).permutation(len(frames))  # ThreeBPADataModule(seed=0)
+    valid_idx, train_idx = np.sort(perm[:50]), np.sort(perm[50:500])
+
+    def ref(atoms):
+        atoms = atoms.copy() if atoms.calc is None else atoms
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        atoms.info = {"REF_energy": float(e)}
+        atoms.arrays["REF_forces"] = np.asarray(f)
+        return atoms
+
+    files = {}
+    for name, idx in (("train", train_idx), ("valid", valid_idx)):
+        files[name] = work / f"{name}.xyz"
+        write(files[name], [ref(frames[i]) for i in idx], format="extxyz")
+    for split in ("300K", "600K"):
+        index = ":" if test_limit is None else f":{test_limit}"
+        test = read(root / "derived_mdbenchgnn" / f"test_{split}.xyz", index)
+        files[f"test_{split}"] = work / f"test_{split}.xyz"
+        write(files[f"test_{split}"], [ref(a) for a in test], format="extxyz")
+    iso = read(root / "iso_atoms.xyz", ":")
+    files["e0s"] = {int(a.numbers[0]): float(a.get_potential_energy()) for a in iso}
+    return files
+
+
+def errors(ref_e, pred_e, ref_f, pred_f) -> dict:
+    de = np.asarray(pred_e) - np.asarray(ref_e)
+    df = np.concatenate([np.asarray(p) - np.asarray(r) for p, r in zip(pred_f, ref_f,
+                                                                        strict=True)])
+    return {"energy_rmse_meV": 1000 * float(np.sqrt(np.mean(de**2))),
+            "forces_rmse_meV_A": 1000 * float(np.sqrt(np.mean(df**2))),
+            "n_structures": int(len(de))}
+
+
+# ---------------------------------------------------------------------------- ours
+def run_ours(work: Path, epochs: int, threads: int, test_limit: int | None) -> dict:
+    out = work / "forcefield_run"
+    args = [
+        sys.executable, "-m", "forcefield", "train", f"output_dir={out}",
+        f"seed={SETTING['seed']}", f"dtype={SETTING['dtype']}",
+        f"data.batch_size={SETTING['batch_size']}", "data.stats_cache=false",
+        f"training.optimizer.lr={SETTING['lr']}", "training.optimizer.amsgrad=true",
+        f"training.optimizer.weight_decay={SETTING['weight_decay']}",
+        f"training.ema.decay={SETTING['ema_decay']}",
+        f"training.loss.energy_weight={SETTING['energy_weight']}",
+        f"training.loss.forces_weight={SETTING['forces_weight']}",
+        "training.scheduler.name=plateau",
+        f"training.scheduler.factor={SETTING['plateau_factor']}",
+        f"training.scheduler.patience={SETTING['plateau_patience']}",
+        f"trainer.gradient_clip_val={SETTING['clip_grad']}",
+        f"trainer.max_epochs={epochs}", "trainer.max_time=null",
+        "trainer.enable_progress_bar=false",
+    ]
+    if test_limit is not None:
+        args.append(f"data.test_limit={test_limit}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=work)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"forcefield train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    import csv
+
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    epoch_times = [float(r["epoch_time_s"]) for r in rows]
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    return {
+        "epoch_time_s": statistics.median(epoch_times),
+        "epoch_times_s": epoch_times,
+        "total_wall_s": wall,
+        "test": {s: {k: test[s][k] for k in ("energy_rmse_meV", "forces_rmse_meV_A",
+                                             "n_structures")} for s in test},
+    }
+
+
+# ---------------------------------------------------------------------------- mace
+_STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d+)")
+
+
+def _mace_epoch_times(log_text: str) -> list[float]:
+    """Seconds between consecutive validation lines ('Initial:', 'Epoch N:') of the log."""
+    stamps = []
+    for line in log_text.splitlines():
+        m = _STAMP.match(line)
+        if m and re.search(r"(Initial|Epoch \d+):", line) and "loss" in line:
+            stamps.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f"))
+    return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def run_mace(work: Path, files: dict, epochs: int, threads: int) -> dict:
+    if not MACE_PY.is_file():
+        raise RuntimeError(f"{MACE_PY} is missing: run scripts/setup_mace_env.sh first")
+    hp = model_hyperparameters()
+    c, lmax = hp["channels"], hp["lmax"]
+    hidden = "+".join(f"{c}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
+    mace_dir = work / "mace_run"
+    mace_dir.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    args = [
+        str(MACE_PY), "-m", "mace.cli.run_train",
+        "--name", "mace_bench", "--work_dir", str(mace_dir), "--seed", str(SETTING["seed"]),
+        "--train_file", str(files["train"]), "--valid_file", str(files["valid"]),
+        "--energy_key", "REF_energy", "--forces_key", "REF_forces",
+        "--E0s", json.dumps({str(k): v for k, v in files["e0s"].items()}).replace('"', ""),
+        "--model", "ScaleShiftMACE", "--scaling", "rms_forces_scaling",
+        "--hidden_irreps", hidden, "--max_ell", str(hp["lmax_sh"]),
+        "--correlation", str(hp["correlation"]), "--num_interactions",
+        str(hp["num_interactions"]), "--r_max", str(hp["r_max"]),
+        "--num_radial_basis", str(hp["num_radial"]),
+        "--radial_MLP", json.dumps(hp["radial_mlp"]), "--MLP_irreps", f"{hp['readout_mlp']}x0e",
+        "--loss", "weighted", "--energy_weight", str(SETTING["energy_weight"]),
+        "--forces_weight", str(SETTING["forces_weight"]),
+        "--batch_size", str(SETTING["batch_size"]), "--valid_batch_size", "20",
+        "--lr", str(SETTING["lr"]), "--amsgrad", "--weight_decay", str(SETTING["weight_decay"]),
+        "--ema", "--ema_decay", str(SETTING["ema_decay"]),
+        "--scheduler", "ReduceLROnPlateau", "--lr_factor", str(SETTING["plateau_factor"]),
+        "--scheduler_patience", str(SETTING["plateau_patience"]),
+        "--clip_grad", str(SETTING["clip_grad"]),
+        "--max_num_epochs", str(epochs), "--eval_interval", "1", "--patience", "1000",
+        "--default_dtype", SETTING["dtype"], "--device", "cpu", "--num_workers", "0",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=mace_dir)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"mace_run_train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    logs = sorted((mace_dir / "logs").glob("*.log"))
+    log_text = logs[-1].read_text() if logs else proc.stdout + proc.stderr
+    epoch_times = _mace_epoch_times(log_text)
+    model = next(iter(sorted(mace_dir.glob("mace_bench*.model"))), None)
+    if model is None:
+        raise RuntimeError(f"mace_run_train wrote no model in {mace_dir}")
+    test = {}
+    from ase.io import read
+
+    for split in ("300K", "600K"):
+        pred_file = mace_dir / f"pred_{split}.xyz"
+        ev = subprocess.run(
+            [str(MACE_PY), "-m", "mace.cli.eval_configs", "--configs",
+             str(files[f"test_{split}"]), "--model", str(model), "--output", str(pred_file),
+             "--device", "cpu", "--default_dtype", SETTING["dtype"], "--batch_size", "20"],
+            capture_output=True, text=True, env=env, cwd=mace_dir)
+        if ev.returncode != 0:
+            raise RuntimeError(f"mace_eval_configs failed:\n{ev.stderr[-3000:]}")
+        refs = read(files[f"test_{split}"], ":")
+        preds = read(pred_file, ":")
+        test[split] = errors([a.info["REF_energy"] for a in refs],
+                             [a.info["MACE_energy"] for a in preds],
+                             [a.arrays["REF_forces"] for a in refs],
+                             [a.arrays["MACE_forces"] for a in preds])
+    return {
+        "epoch_time_s": statistics.median(epoch_times) if epoch_times else wall / epochs,
+        "epoch_times_s": epoch_times,
+        "total_wall_s": wall,
+        "test": test,
+    }
+
+
+def table(results: dict) -> str:
+    lines = ["| model | s/epoch | 300K E RMSE (meV) | 300K F RMSE (meV/A) | "
+             "600K E RMSE (meV) | 600K F RMSE (meV/A) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        t = r["test"]
+        lines.append(
+            f"| {name} | {r['epoch_time_s']:.1f} | {t['300K']['energy_rmse_meV']:.1f} | "
+            f"{t['300K']['forces_rmse_meV_A']:.1f} | {t['600K']['energy_rmse_meV']:.1f} | "
+            f"{t['600K']['forces_rmse_meV_A']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="evaluate only the first N structures of each test split")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--skip-mace", action="store_true")
+    parser.add_argument("--skip-ours", action="store_true")
+    args = parser.parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_vs_mace_"))
+    work.mkdir(parents=True, exist_ok=True)
+    files = split_3bpa(work, args.test_limit)
+    results = {}
+    if not args.skip_ours:
+        print(f"forcefield: training {args.epochs} epochs ...", flush=True)
+        results["forcefield GauntMACE (gaunt_mace_small)"] = run_ours(
+            work, args.epochs, args.threads, args.test_limit)
+    if not args.skip_mace:
+        print(f"mace-torch: training {args.epochs} epochs ...", flush=True)
+        results["mace-torch MACE (same hyperparameters)"] = run_mace(
+            work, files, args.epochs, args.threads)
+    report = {"setting": {**SETTING, "epochs": args.epochs, "threads": args.threads,
+                          "test_limit": args.test_limit, "model": model_hyperparameters()},
+              "results": results}
+    print(table(results))
+    if len(results) == 2:
+        ours, mace = results.values()
+        print(f"\nwall time per epoch, forcefield / mace-torch: "
+              f"{ours['epoch_time_s'] / mace['epoch_time_s']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(f"work directory: {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
