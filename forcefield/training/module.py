@@ -170,6 +170,7 @@ class ForceFieldModule(pl.LightningModule):
             row["lr"] = float(opt.param_groups[0]["lr"])
         row["stage"] = 2 if self.stage_two_active else 1
         row["epoch_time_s"] = time.perf_counter() - self._epoch_start
+        self._stop_before_time_runs_out(row["epoch_time_s"])
         self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=True)
         if self._loss_count == 0:  # resumed exactly at an epoch end: the row is written
             return
@@ -275,6 +276,21 @@ class ForceFieldModule(pl.LightningModule):
         if checkpoint.get("stage_two_active"):
             self.stage_two_active = True
             self.loss_cfg = self._stage_two_loss()
+
+    def _stop_before_time_runs_out(self, epoch_time: float) -> None:
+        """With trainer.max_time, stop at an epoch boundary when another epoch would not fit
+        (Lightning's Timer would cut the next epoch short and waste it)."""
+        from lightning.pytorch.callbacks import Timer
+
+        stop = False
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, Timer) and cb._duration:
+                stop = cb.time_elapsed("train") + 1.05 * epoch_time > cb._duration
+        stop = bool(self.trainer.strategy.broadcast(stop, src=0))
+        if stop and not self.trainer.should_stop:
+            self.trainer.should_stop = True
+            if self.trainer.is_global_zero:
+                print("\nstopping: another epoch would exceed trainer.max_time", flush=True)
 
     # ------------------------------------------------------------------ stage two
     def _stage_two_loss(self) -> LossConfig:
