@@ -121,14 +121,32 @@ def compose_config(
     return cfg
 
 
+def _clean(text: str) -> str:
+    keep = []
+    for line in str(text).strip().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("full_key", "object_type", "reference_type")):
+            continue
+        if line.startswith(("Config search path", "provider=")):
+            break
+        keep.append(line)
+    return " ".join(keep)
+
+
 def _hydra_message(exc: BaseException) -> str:
-    text = str(exc).strip()
+    import re
+
+    text = _clean(str(exc))
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m and "not in struct" in f"{text} {exc.__cause__}":
+        return (f"unknown config key '{m.group(1)}' (check the spelling; "
+                "'forcefield <command> --cfg' prints every key)")
     cause = exc.__cause__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
-        text = f"{text}: {str(cause).strip()}"
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("full_key",
-                                                                                   "object_type"))]
-    return " ".join(lines)
+    if cause is not None:
+        extra = _clean(str(cause))
+        if extra and extra not in text:
+            text = f"{text}: {extra}"
+    return text
 
 
 def check_keys(cfg: DictConfig, allowed: Iterable[str], where: str = "") -> None:
