@@ -102,6 +102,7 @@ class ForceFieldModule(pl.LightningModule):
         self._plateau_state = None
         self.stage_two = dict(training.get("stage_two") or {})
         self.stage_two_active = False
+        self._restore_stage_two_lr = False
 
     # ------------------------------------------------------------------ helpers
     def eval_model(self) -> torch.nn.Module:
@@ -264,6 +265,10 @@ class ForceFieldModule(pl.LightningModule):
             return optimizer
         if scheduler is None:
             return optimizer
+        if self._restore_stage_two_lr and isinstance(scheduler["scheduler"],
+                                                     torch.optim.lr_scheduler.LambdaLR):
+            sched = scheduler["scheduler"]  # resumed inside stage two: constant lr
+            sched.lr_lambdas = [_constant_one] * len(sched.lr_lambdas)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -276,6 +281,7 @@ class ForceFieldModule(pl.LightningModule):
         if checkpoint.get("stage_two_active"):
             self.stage_two_active = True
             self.loss_cfg = self._stage_two_loss()
+            self._restore_stage_two_lr = True
 
     def _stop_before_time_runs_out(self, epoch_time: float) -> None:
         """With trainer.max_time, stop at an epoch boundary when another epoch would not fit
@@ -337,8 +343,10 @@ class ForceFieldModule(pl.LightningModule):
                 group["lr"] = float(lr)
             for config in self.trainer.lr_scheduler_configs:
                 sched = config.scheduler
-                if hasattr(sched, "base_lrs"):
+                if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                    # a constant stage-two lr (as MACE's SWA stage), not the cosine's tail
                     sched.base_lrs = [float(lr)] * len(sched.base_lrs)
+                    sched.lr_lambdas = [_constant_one] * len(sched.lr_lambdas)
         if self._plateau is not None:
             self._plateau._reset()
         # the validation loss changes scale: select the best checkpoint within stage two
@@ -365,6 +373,10 @@ class ForceFieldModule(pl.LightningModule):
                      dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
         module.load_state_dict(ckpt["state_dict"])
         return module
+
+
+def _constant_one(step: int) -> float:
+    return 1.0
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
