@@ -31,7 +31,8 @@ def parity_plot(
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
     lo, hi = np.inf, -np.inf
-    for name, (ref, pred) in series.items():
+    # later splits (e.g. 600K, wider) first, so the earlier ones stay visible on top
+    for name, (ref, pred) in reversed(list(series.items())):
         ref = np.asarray(ref, dtype=np.float64).reshape(-1)
         pred = np.asarray(pred, dtype=np.float64).reshape(-1)
         if ref.size == 0:
@@ -50,7 +51,8 @@ def parity_plot(
     ax.set_xlabel(f"reference {quantity} ({unit})")
     ax.set_ylabel(f"predicted {quantity} ({unit})")
     ax.set_aspect("equal", adjustable="box")
-    ax.legend(loc="upper left", fontsize=7, markerscale=3)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", fontsize=7, markerscale=3)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
