@@ -5,7 +5,8 @@ Same data (train_300K, the seeded 450/50 train/valid split of forcefield's
 ThreeBPADataModule, E0s from iso_atoms.xyz), same hyperparameters (channels, L, l_sh,
 correlation, interactions, radial basis and MLP, readout MLP, r_max), same training
 setting (batch 5, Adam amsgrad lr 0.01, EMA 0.99, weights energy 1 / forces 1000,
-ReduceLROnPlateau 0.8/50, float64, seed 0) and the same number of epochs. Reports the
+ReduceLROnPlateau 0.8/50, no stage two / SWA, float64, seed 0) and the same number of
+epochs. Reports the
 wall time per epoch (training + validation; median over epochs) and the test_300K /
 test_600K total-energy and force-component RMSE of both.
 
@@ -110,7 +111,7 @@ def run_ours(work: Path, epochs: int, threads: int, test_limit: int | None) -> d
         f"training.ema.decay={SETTING['ema_decay']}",
         f"training.loss.energy_weight={SETTING['energy_weight']}",
         f"training.loss.forces_weight={SETTING['forces_weight']}",
-        "training.scheduler.name=plateau",
+        "training.scheduler.name=plateau", "training.stage_two.enabled=false",
         f"training.scheduler.factor={SETTING['plateau_factor']}",
         f"training.scheduler.patience={SETTING['plateau_patience']}",
         f"trainer.gradient_clip_val={SETTING['clip_grad']}",

@@ -255,6 +255,10 @@ def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list):
             process_group_backend="nccl" if gpu else "gloo",
             find_unused_parameters="find_unused" in strategy,
         )
+    if kwargs.get("enable_progress_bar") is False:
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     return pl.Trainer(
         **kwargs,
         inference_mode=False,
