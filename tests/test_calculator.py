@@ -290,3 +290,26 @@ def test_pbc_with_zero_cell(calc, molecule):
 def test_missing_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ForceFieldCalculator(tmp_path / "missing.pt")
+
+
+def test_top_level_names(model_path):
+    import forcefield
+
+    assert forcefield.ForceFieldCalculator is ForceFieldCalculator
+    model = forcefield.load_model(model_path)
+    assert model.config["species"] == [1, 6, 7, 8]
+
+
+def test_stress_only_when_asked(model_path):
+    atoms = organic_cell(5)
+    lazy = ForceFieldCalculator(model_path, compute_stress=False)
+    atoms.calc = lazy
+    atoms.get_forces()
+    assert "stress" not in lazy.results
+    stress = atoms.get_stress()  # computed on demand
+    eager = ForceFieldCalculator(model_path)
+    other = atoms.copy()
+    other.calc = eager
+    other.get_forces()
+    assert "stress" in eager.results  # fully periodic: computed with the forces
+    np.testing.assert_allclose(other.get_stress(), stress, atol=1e-12)

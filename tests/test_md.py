@@ -236,3 +236,18 @@ def test_nve_energy_conservation_short_trained_model(structure, tmp_path):
     log = read_log(tmp_path / "nve" / "md.log")
     assert 50 < log[:, 4].mean() < 400  # it moved (equipartition: about 150 K), no blow-up
     assert np.ptp(log[:, 1]) > 100 * units.kB  # the potential energy really fluctuates
+
+
+def test_md_on_a_periodic_cell(model_path, tmp_path):
+    from ase import Atoms
+
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    atoms = Atoms(numbers=rng.choice([1, 6, 8], size=27), positions=grid * 2.2 + 1.1,
+                  cell=np.eye(3) * 6.6, pbc=True)
+    summary = run_md(model_path, atoms, ensemble="nve", temperature_K=200, timestep_fs=0.25,
+                     steps=10, log_interval=5, output_dir=tmp_path, progress=False)
+    assert summary["status"] == "ok" and summary["natoms"] == 27
+    traj = read(tmp_path / "md.traj", ":")
+    assert len(traj) == 3 and traj[-1].pbc.all()
+    assert traj[-1].get_stress().shape == (6,)
