@@ -5,12 +5,13 @@ For each system (the 27-atom 3BPA molecule; a 972-atom periodic box of 36 random
 rotated 3BPA molecules at ~0.85 g/cm^3, and a 216-atom one) and each model size (our
 default ``gaunt_mace_small`` and the paper-size ``gaunt_mace``; mace-torch's
 ``ScaleShiftMACE`` with the same channels, L, l_max of the spherical harmonics,
-correlation order, interactions, radial basis and MLP),
-ASE velocity-Verlet steps (0.5 fs) run through ``ForceFieldCalculator`` and through
-mace-torch's ``MACECalculator``; each case in its own process. Models are randomly
-initialised: the speed does not depend on the weights. For our calculator the time
-spent outside the model's forward/backward (neighbour list, tensor conversion, results,
-the integrator) is reported as a fraction of the step.
+correlation order, interactions, radial basis and MLP), ASE velocity-Verlet steps
+(0.5 fs) run through ``ForceFieldCalculator`` and through mace-torch's
+``MACECalculator``; each case in its own process. The median step time is reported
+(robust to other processes competing for the CPU). Models are randomly initialised:
+the speed does not depend on the weights. For our calculator the time spent outside
+the model's forward/backward (neighbour list, tensor conversion, results, the
+integrator) is reported as a fraction of the step.
 
 mace-torch is not a dependency of forcefield: it lives in .venv-mace
 (scripts/setup_mace_env.sh) and its cases run with that interpreter.
@@ -100,6 +101,7 @@ def build_ours(args, preset, atoms):
     import torch
 
     from forcefield.calculator import ForceFieldCalculator
+    from forcefield.export import save_model
     from forcefield.models import build_model
 
     stats = {"species": sorted(e0s()), "e0s": e0s(),
@@ -107,7 +109,10 @@ def build_ours(args, preset, atoms):
              "mean_interaction_energy_per_atom": 0.0, "force_rms": 1.0}
     torch.manual_seed(0)
     model = build_model(preset, stats).to(getattr(torch, args.dtype))
-    calc = ForceFieldCalculator(model, device=args.device, dtype=args.dtype)
+    # the deployment path: model file -> load_model -> calculator
+    path = Path(tempfile.mkdtemp(prefix="bench_md_model_")) / "model.pt"
+    save_model(path, model)
+    calc = ForceFieldCalculator(path, device=args.device, dtype=args.dtype)
     # time the model's own forward (+ autograd forces) separately
     timer = {"model": 0.0}
     forward = calc.model.forward
@@ -185,19 +190,29 @@ def worker(args) -> dict:
     if timer is not None:
         timer["model"] = 0.0
     steps = 0
+    durations = []
+    model_times = []
     t0 = time.perf_counter()
     while steps < args.steps and (steps < 2 or time.perf_counter() - t0 < args.max_seconds):
+        m0 = timer["model"] if timer is not None else 0.0
+        s0 = time.perf_counter()
         dyn.run(1)
+        durations.append(time.perf_counter() - s0)
+        if timer is not None:
+            model_times.append(timer["model"] - m0)
         steps += 1
     elapsed = time.perf_counter() - t0
+    # the median step: robust to other processes competing for the CPU now and then
+    median = float(np.median(durations))
     result = {
         "impl": "forcefield" if args.worker == "ours" else "mace-torch",
         "preset": args.preset,
         "natoms": len(atoms),
         "steps": steps,
         "seconds": elapsed,
-        "steps_per_second": steps / elapsed,
-        "ms_per_step": 1000 * elapsed / steps,
+        "steps_per_second": 1.0 / median,
+        "mean_steps_per_second": steps / elapsed,
+        "ms_per_step": 1000 * median,
         "setup_s": setup,
         "params": sum(p.numel() for p in (calc.model if args.worker == "ours"
                                           else calc.models[0]).parameters()),
@@ -205,9 +220,9 @@ def worker(args) -> dict:
         "dtype": args.dtype,
     }
     if timer is not None:
-        result["model_fraction"] = timer["model"] / elapsed
-        result["outside_model_fraction"] = 1.0 - timer["model"] / elapsed
-        result["outside_model_ms"] = 1000 * (elapsed - timer["model"]) / steps
+        outside = float(np.median(np.array(durations) - np.array(model_times)))
+        result["outside_model_ms"] = 1000 * outside
+        result["outside_model_fraction"] = outside / median
     return result
 
 
@@ -238,6 +253,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=30.0,
                         help="stop timing a case after this long (at least 2 steps)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating rounds per case (best round kept)")
+    parser.add_argument("--case-budget", type=float, default=90.0,
+                        help="no further rounds once a case has taken this many seconds")
     parser.add_argument("--mace-python", default=str(DEFAULT_MACE_PYTHON))
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--worker", choices=["ours", "mace"], help=argparse.SUPPRESS)
@@ -268,15 +287,30 @@ def main(argv=None) -> int:
 
     results = []
     for system, preset in cases:
-        for impl in impls:
-            python = sys.executable if impl == "ours" else mace_python
-            res = run_case(python, args, impl, preset, structures[system])
-            res["system"] = system
-            results.append(res)
-            label = ("ERROR " + res["error"]) if "error" in res else (
-                f"{res['steps_per_second']:8.3f} steps/s ({res['steps']} steps, "
-                f"{res['natoms']} atoms)")
-            print(f"{system:9s} {preset:17s} {impl:5s} {label}", file=sys.stderr, flush=True)
+        best: dict[str, dict] = {}
+        start = time.perf_counter()
+        for round_ in range(args.repeats):
+            # alternate the implementations; keep each one's best round (other processes
+            # on a shared machine only ever slow a round down)
+            if round_ and time.perf_counter() - start > args.case_budget:
+                break
+            for impl in impls:
+                python = sys.executable if impl == "ours" else mace_python
+                res = run_case(python, args, impl, preset, structures[system])
+                res["system"] = system
+                res["load_average"] = os.getloadavg()[0]
+                label = ("ERROR " + res["error"]) if "error" in res else (
+                    f"{res['steps_per_second']:8.3f} steps/s ({res['steps']} steps, "
+                    f"{res['natoms']} atoms, load {res['load_average']:.1f})")
+                print(f"{system:9s} {preset:17s} {impl:5s} {label}", file=sys.stderr,
+                      flush=True)
+                old = best.get(impl)
+                if old is None or res.get("steps_per_second", 0) > old.get("steps_per_second", 0):
+                    res["rounds"] = round_ + 1
+                    best[impl] = res
+                else:
+                    old["rounds"] = round_ + 1
+        results.extend(best.values())
 
     print(f"\nMD (velocity Verlet, 0.5 fs) through the ASE calculator; {args.dtype}, "
           f"{args.threads} thread(s), device {args.device}\n", flush=True)
