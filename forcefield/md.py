@@ -53,6 +53,16 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def _maxwell_boltzmann(atoms: Atoms, temperature_K: float, rng) -> None:
+    """Maxwell-Boltzmann momenta (ASE >= 3.29 renamed the function)."""
+    from ase.md import velocitydistribution as vd
+
+    if hasattr(vd, "thermalize_momenta"):
+        vd.thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+    else:  # pragma: no cover - ASE < 3.29
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+
+
 def run_md(
     model: Any,
     atoms: Atoms,
@@ -91,7 +101,7 @@ def run_md(
     """
     from ase.calculators.calculator import BaseCalculator
     from ase.io.trajectory import Trajectory
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
 
     ensemble = str(ensemble).lower()
     if ensemble not in ENSEMBLES:
@@ -118,7 +128,7 @@ def run_md(
     atoms.calc = calc
     rng = np.random.default_rng(seed)
     if temperature_K > 0:
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+        _maxwell_boltzmann(atoms, temperature_K, rng)
         Stationary(atoms)
     else:
         atoms.set_momenta(np.zeros((len(atoms), 3)))
