@@ -11,7 +11,7 @@ resident size after setup (model and batches built, before the first step), on C
 mace-torch is not a dependency of forcefield: it lives in .venv-mace (created by
 scripts/setup_mace_env.sh) and its side runs with that interpreter.
 
-    OMP_NUM_THREADS=2 python scripts/bench_model.py                    # both presets
+    python scripts/bench_model.py                    # both presets, 1 thread
     python scripts/bench_model.py --presets gaunt_mace --threads 2 --json bench.json
     python scripts/bench_model.py --device cuda --batch-size 10
 """
@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--num-batches", type=int, default=4)
     p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (1: reliable on a shared machine)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--mace-python", default=str(DEFAULT_MACE_PYTHON))
