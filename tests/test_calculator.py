@@ -9,38 +9,11 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from ase.io import read
+from helpers import tiny_model
 from scipy.spatial.transform import Rotation
 
 from forcefield.calculator import CalculatorError, ForceFieldCalculator
 from forcefield.export import save_model
-
-TINY = {
-    "name": "gaunt_mace_small",
-    "species": [1, 6, 7, 8],
-    "r_max": 4.0,
-    "channels": 8,
-    "lmax": 1,
-    "lmax_sh": 2,
-    "correlation": 2,
-    "num_radial": 6,
-    "radial_mlp": [16],
-    "readout_mlp": 8,
-    "avg_num_neighbors": 15.0,
-    "e0s": {1: -13.587, 6: -1029.41, 7: -1484.87, 8: -2041.84},
-    "energy_shift": -4.87,
-    "energy_scale": 0.95,
-}
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    from forcefield.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model(dict(TINY)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ase.io import read
+from helpers import TINY, tiny_model
 
 from forcefield.export import (
     FORMAT_VERSION,
@@ -20,34 +21,6 @@ from forcefield.export import (
     read_model_file,
     save_model,
 )
-
-TINY = {
-    "name": "gaunt_mace_small",
-    "species": [1, 6, 7, 8],
-    "r_max": 4.0,
-    "channels": 8,
-    "lmax": 1,
-    "lmax_sh": 2,
-    "correlation": 2,
-    "num_radial": 6,
-    "radial_mlp": [16],
-    "readout_mlp": 8,
-    "avg_num_neighbors": 15.0,
-    "e0s": {1: -13.587, 6: -1029.41, 7: -1484.87, 8: -2041.84},
-    "energy_shift": -4.87,
-    "energy_scale": 0.95,
-}
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    from forcefield.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model(dict(TINY)).double()
-    with torch.no_grad():  # non-trivial weights everywhere (the head's shift/scale included)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

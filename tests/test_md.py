@@ -10,33 +10,15 @@ import pytest
 import torch
 from ase import units
 from ase.io import read
+from helpers import TINY
+from helpers import tiny_model as _tiny_model
 
 from forcefield.export import save_model
 from forcefield.md import MDError, run_md
 
-TINY = {
-    "name": "gaunt_mace_small",
-    "species": [1, 6, 7, 8],
-    "r_max": 4.0,
-    "channels": 8,
-    "lmax": 1,
-    "lmax_sh": 2,
-    "correlation": 2,
-    "num_radial": 6,
-    "radial_mlp": [16],
-    "readout_mlp": 8,
-    "avg_num_neighbors": 15.0,
-    "e0s": {1: -13.587, 6: -1029.41, 7: -1484.87, 8: -2041.84},
-    "energy_shift": -4.87,
-    "energy_scale": 0.95,
-}
-
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
-    from forcefield.models import build_model
-
-    torch.manual_seed(seed)
-    return build_model(dict(TINY)).double().eval()
+    return _tiny_model(seed, perturb=0.0)
 
 
 @pytest.fixture(scope="module")
