@@ -18,10 +18,8 @@ written atomically.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,24 +27,13 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 
+from forcefield.atomic_io import atomic_write_json
+
 ENSEMBLES = ("nve", "langevin")
 
 
 class MDError(ValueError):
     """A bad MD setting (ensemble, timestep, ...) or a run that blew up."""
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _finite(x: float) -> float | None:
@@ -262,7 +249,7 @@ def run_md(
         "final_total_energy_eV": _finite(state["epot"] + state["ekin"]),
         "final_temperature_K": _finite(temp),
     }
-    _write_json_atomic(out / "md_summary.json", summary)
+    atomic_write_json(out / "md_summary.json", summary)
     if state["status"] == "diverged":
         raise MDError(
             f"MD diverged after {done} steps (non-finite energy or drift above "

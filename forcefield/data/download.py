@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from forcefield.atomic_io import atomic_path
 from forcefield.data.errors import DataError
 
 REPO = "davkovacs/BOTNet-datasets"
@@ -113,10 +113,8 @@ def download_3bpa(root: str | os.PathLike, splits: Iterable[str] = ("1200K", "di
             if n != EXPECTED_CONFIGS[split]:
                 raise DataError(f"'{path}' has {n} structures, expected "
                                 f"{EXPECTED_CONFIGS[split]}; the download is wrong: retry.")
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".part")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
+        with atomic_path(target, suffix=".part") as tmp:
+            tmp.write_bytes(data)
         written[split] = target
     return written
 

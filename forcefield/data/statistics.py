@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from forcefield.atomic_io import atomic_path
 from forcefield.data.errors import DataError
 
 _MEMORY_CACHE: dict[str, DatasetStatistics] = {}
@@ -209,11 +209,8 @@ def cached_statistics(key: str, compute, cache_dir: str | os.PathLike | None = N
     _MEMORY_CACHE[key] = stats
     if use_disk:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
+            with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "w") as fh:
                 json.dump(stats.to_dict(), fh, indent=1)
-            os.replace(tmp, path)
         except OSError:
             pass  # read-only home: memory cache only
     return stats
