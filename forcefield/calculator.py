@@ -29,6 +29,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from forcefield.data.errors import DataError
+from forcefield.data.neighbours import check_cell
 from forcefield.export import load_model, resolve_dtype
 
 
@@ -131,21 +133,10 @@ class ForceFieldCalculator(Calculator):
                 f"the model was not trained on {_symbols(unknown)}; it knows only "
                 f"{_symbols(self.species)}"
             )
-        pbc = atoms.pbc
-        if pbc.any():
-            lengths = np.linalg.norm(atoms.cell.array, axis=1)
-            bad = [ax for ax in range(3) if pbc[ax] and lengths[ax] < 1e-8]
-            if bad:
-                axes = ", ".join("abc"[ax] for ax in bad)
-                raise CalculatorError(
-                    f"the structure is periodic along {axes} but its cell vector there is "
-                    "zero; set a cell (atoms.cell) or turn periodicity off (atoms.pbc = False)"
-                )
-            if pbc.all() and abs(atoms.cell.volume) < 1e-8:
-                raise CalculatorError(
-                    "the structure is fully periodic but its cell has zero volume; give three "
-                    "linearly independent cell vectors or turn periodicity off"
-                )
+        try:
+            check_cell(atoms.cell.array, atoms.pbc)
+        except DataError as err:  # same sentence, as the calculator's own error type
+            raise CalculatorError(str(err)) from None
 
     # ------------------------------------------------------------------ input
     def _numbers(self, numbers: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
