@@ -41,7 +41,7 @@ _THREEBPA_TEST_FILES = {
 }
 
 
-def _plain(x):
+def plain_container(x):
     """OmegaConf containers -> plain Python (lists / dicts); other values unchanged."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -104,7 +104,7 @@ class AtomisticDataModule(L.LightningDataModule):
         self.forces_key = forces_key
         self.stress_key = stress_key
         self.nan_policy = nan_policy
-        self.e0s = _plain(e0s)
+        self.e0s = plain_container(e0s)
         self.cache_dir = cache_dir
         self.stats_cache = bool(stats_cache)
         self.pin_memory = bool(pin_memory)
@@ -284,7 +284,7 @@ class ThreeBPADataModule(AtomisticDataModule):
         if self.train_size < 1 or self.valid_size < 1:
             raise DataError(f"train_size and valid_size must be >= 1 (got {train_size}, "
                             f"{valid_size}); an empty split cannot train or validate.")
-        test_splits = list(_plain(test_splits) or [])
+        test_splits = list(plain_container(test_splits) or [])
         unknown = [s for s in test_splits if s not in THREEBPA_TEST_SPLITS]
         if unknown:
             raise DataError(f"unknown 3BPA test split(s) {unknown}; choose from "
@@ -360,7 +360,7 @@ class ThreeBPADataModule(AtomisticDataModule):
 # ====================================================================== generic ASE
 def _named_sources(test) -> dict[str, object]:
     """Normalise ``test``: mapping name->source, a list (one split per entry) or one source."""
-    test = _plain(test)
+    test = plain_container(test)
     if test is None:
         return {}
     if isinstance(test, Mapping):
@@ -428,8 +428,8 @@ class ASEDataModule(AtomisticDataModule):
         if train is None:
             raise DataError("no training data given; set data.train to a file, directory, glob "
                             "or list of those.")
-        self.train = _plain(train)
-        self.valid = _plain(valid)
+        self.train = plain_container(train)
+        self.valid = plain_container(valid)
         self.test_sources = _named_sources(test)
         self.valid_fraction = float(valid_fraction)
         self.test_fraction = float(test_fraction)
@@ -544,7 +544,7 @@ class OC20DataModule(ASEDataModule):
                          neighbour_backend=neighbour_backend)
         self.task = task
         self.subtract_reference = bool(subtract_reference)
-        self.lmdb_keys = _plain(lmdb_keys)
+        self.lmdb_keys = plain_container(lmdb_keys)
         self.required_labels = ("energy", "forces") if task == "s2ef" else ("energy",)
 
     def _records(self, source):

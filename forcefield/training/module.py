@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from forcefield.data.datamodules import plain_container
 from forcefield.training.ema import EMA
 from forcefield.training.losses import LossConfig, compute_loss
 from forcefield.training.metrics import MetricAccumulator, free_atom_mask
@@ -29,17 +30,6 @@ from forcefield.training.optim import build_optimizer, build_scheduler
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-def _plain(obj: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def build_network(model_config: Mapping[str, Any]) -> torch.nn.Module:
@@ -69,8 +59,8 @@ class ForceFieldModule(pl.LightningModule):
             if model_config is None:
                 raise ValueError("ForceFieldModule needs a model or a model_config")
             model = build_network(model_config)
-        model_config = _plain(dict(getattr(model, "config", model_config) or {}))
-        training = _plain(dict(training or {}))
+        model_config = plain_container(dict(getattr(model, "config", model_config) or {}))
+        training = plain_container(dict(training or {}))
         self.save_hyperparameters(
             {"model_config": model_config, "training": training, "dtype": str(dtype),
              "oc20": bool(oc20)}
