@@ -201,11 +201,74 @@ def fourier_sizes(lmax_product: int, lmax_out: int) -> tuple[int, int]:
     return 2 * lmax_product + 1, lmax_product + lmax_out + 1
 
 
+def _azimuth_factors(lmax: int, azimuth: np.ndarray) -> np.ndarray:
+    """[2 lmax + 1, len(azimuth)]: cos(m alpha) for m >= 0, sin(|m| alpha) for m < 0."""
+    m = np.arange(-lmax, lmax + 1)[:, None]
+    return np.where(m >= 0, np.cos(m * azimuth), np.sin(-m * azimuth))
+
+
+def _polar_factors(lmax: int, polar: np.ndarray) -> np.ndarray:
+    """P[j, m + lmax, l] with Y_lm(beta_j, alpha) = P * (cos(m alpha) or sin(|m| alpha)).
+
+    Found by projecting Y onto its azimuthal factor on 2 lmax + 2 uniform azimuths (exact:
+    Y_lm has the single azimuthal frequency |m|), then checked to reproduce Y.
+    """
+    n_alpha = 2 * lmax + 2
+    azimuth = 2.0 * np.pi * np.arange(n_alpha) / n_alpha
+    factors = _azimuth_factors(lmax, azimuth)  # [M, A]
+    polar_grid, azimuth_grid = np.meshgrid(polar, azimuth, indexing="ij")
+    values = _sh_numpy(lmax, _unit_vectors(polar_grid, azimuth_grid))  # [J, A, D]
+    table = np.zeros((len(polar), 2 * lmax + 1, lmax + 1))
+    for l in range(lmax + 1):
+        for m in range(-l, l + 1):
+            factor = factors[m + lmax]
+            column = values[:, :, l * l + l + m]
+            table[:, m + lmax, l] = column @ factor / (factor @ factor)
+            rebuilt = table[:, m + lmax, l][:, None] * factor[None, :]
+            if np.abs(rebuilt - column).max() > 1e-11:
+                raise AssertionError(f"Y_{l},{m} does not separate into polar x azimuthal parts")
+    return table
+
+
+@cache
+def separable_grid_tables(lmax1: int, lmax2: int, lmax_out: int) -> dict[str, np.ndarray]:
+    """Tables of the fused grid kernel (``_grid_kernel.c``) on the exact quadrature grid.
+
+    The grid is that of ``grid_tables`` (Gauss-Legendre x n_alpha uniform azimuths, exact
+    for degree lmax1 + lmax2 + lmax_out), factored into polar and azimuthal parts and folded
+    over alpha -> -alpha, so only azimuths k <= n_alpha / 2 are stored.  See the kernel
+    source for the layouts.
+    """
+    degree = lmax1 + lmax2 + lmax_out
+    n_beta, n_alpha = degree // 2 + 1, degree + 1
+    nodes, weights = np.polynomial.legendre.leggauss(n_beta)
+    polar = np.arccos(nodes)
+    n_half = n_alpha // 2 + 1
+    azimuth = 2.0 * np.pi * np.arange(n_half) / n_alpha
+    # a mirror pair (k, n_alpha - k) counts twice; alpha = 0 (and pi) are their own mirror
+    multiplicity = np.where((np.arange(n_half) == 0) | (2 * np.arange(n_half) == n_alpha), 1, 2)
+    widest = max(lmax1, lmax2)
+    m_in = np.arange(widest + 1)[None, :]
+    m_out = np.arange(lmax_out + 1)[None, :]
+    out_weights = (multiplicity * 2.0 * np.pi / n_alpha)[:, None]
+    return {
+        "legendre1": _polar_factors(lmax1, polar),
+        "legendre2": _polar_factors(lmax2, polar),
+        "legendre_out": _polar_factors(lmax_out, polar) * weights[:, None, None],
+        "azimuth_cos": np.cos(m_in * azimuth[:, None]),
+        "azimuth_sin": np.sin(m_in * azimuth[:, None]),
+        "output_cos": out_weights * np.cos(m_out * azimuth[:, None]),
+        "output_sin": out_weights * np.sin(m_out * azimuth[:, None]),
+        "dims": np.array([lmax1, lmax2, lmax_out, n_beta, n_half, widest + 1], dtype=np.int32),
+    }
+
+
 __all__ = [
     "fourier_analysis_table",
     "fourier_sizes",
     "fourier_synthesis_table",
     "gaunt_coefficients",
     "grid_tables",
+    "separable_grid_tables",
     "sphere_quadrature",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from forcefield.so3 import grid_kernel
 from forcefield.so3.spherical_harmonics import check_lmax, num_coefficients
 from forcefield.so3.tables import (
     fourier_analysis_table,
@@ -29,6 +30,7 @@ from forcefield.so3.tables import (
     fourier_synthesis_table,
     gaunt_coefficients,
     grid_tables,
+    separable_grid_tables,
 )
 
 METHODS = ("auto", "dense", "fourier", "grid")
@@ -262,6 +264,7 @@ class GauntTensorProduct(nn.Module):
         elif self.method == "grid":
             y1, y2, projection = grid_tables((l1, l2), lo, l1 + l2 + lo)
             self._tables = _Tables(y1=y1, y2=y2, projection=projection)
+            self._kernel_tables = _Tables(**separable_grid_tables(l1, l2, lo))
         else:
             self._fourier = _FourierTransform((l1, l2), l1 + l2, lo)
             self._tables = self._fourier.tables
@@ -271,7 +274,10 @@ class GauntTensorProduct(nn.Module):
                 f"method={self.method!r}")
 
     def _grid_forward(self, x1: Tensor, x2: Tensor) -> Tensor:
-        """The grid product itself, in cache-sized chunks on CPU (no autograd logic)."""
+        """The grid product itself (no autograd logic): the fused kernel on CPU where it is
+        built, else three matrix products in cache-sized chunks."""
+        if grid_kernel.supports(x1):
+            return grid_kernel.gaunt_grid(x1, x2, self._kernel_tables.get(x1))
         t = self._tables.get(x1)
 
         def product(a: Tensor, b: Tensor) -> Tensor:

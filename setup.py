@@ -1,0 +1,24 @@
+"""Build step for the one C extension: the fused CPU kernel of the grid Gaunt product.
+
+Everything else about the package is in pyproject.toml.  The extension is optional: where no
+C compiler is available the install still succeeds and ``forcefield.so3`` computes the grid
+product with torch matrix products instead (``forcefield.so3.grid_kernel.available()``).
+"""
+
+import sys
+
+from setuptools import Extension, setup
+
+COMPILE_ARGS = [] if sys.platform == "win32" else ["-O3", "-std=gnu11", "-ffp-contract=fast"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "forcefield.so3._grid_kernel",
+            sources=["forcefield/so3/_grid_kernel.c"],
+            depends=["forcefield/so3/_grid_kernel_impl.h"],
+            extra_compile_args=COMPILE_ARGS,
+            optional=True,
+        )
+    ]
+)
