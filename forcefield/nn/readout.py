@@ -41,7 +41,7 @@ class MLPReadout(nn.Module):
 
 
 class AtomicEnergyHead(nn.Module):
-    """node_energy = E0[z] + scale * e_model + shift * g, computed in float64.
+    """node_energy = E0[z] + scale * e_model + (shift + scale * b[z]) * g, in float64.
 
     ``g`` in [0, 1] is a smooth weight (the model passes the C2 smootherstep of
     min(1, sum_j u(r_ij)), u the cutoff envelope): exactly 1 for any atom with at least one
@@ -50,7 +50,16 @@ class AtomicEnergyHead(nn.Module):
     differentiable as neighbours leave r_max.
 
     ``e0s`` [num_elements] (eV), ``shift`` (eV/atom) and ``scale`` (eV) come from the data
-    statistics and are float64 buffers that never change dtype with ``model.float()``.
+    statistics and are float64 constants that never change dtype with ``model.float()``.
+
+    ``b`` (``element_shift``, [num_elements], zero at initialisation, in units of ``scale``)
+    is a learnable per-element correction of the shift: the one parameter that moves the
+    energy of every bonded atom of an element uniformly, with no effect on forces. Without
+    it the mean energy is only reachable through weights that the (1000x heavier) force
+    loss also pulls on; in training the energy then drifts by ~0.5 eV/atom within the
+    first epoch and the per-atom energy loss corrects it only slowly (mace-torch gets the
+    same degree of freedom from the element-dependent skip connection of its first
+    interaction, which however also gives isolated atoms a learned offset).
     """
 
     def __init__(self, e0s: list[float], shift: float, scale: float):
@@ -58,6 +67,7 @@ class AtomicEnergyHead(nn.Module):
         self._e0s = [float(e) for e in e0s]
         self.shift = float(shift)
         self.scale = float(scale)
+        self.element_shift = nn.Parameter(torch.zeros(len(self._e0s)))
 
     def forward(
         self,
@@ -66,8 +76,16 @@ class AtomicEnergyHead(nn.Module):
         shift_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         e0 = torch.tensor(self._e0s, dtype=torch.float64, device=model_energy.device)
-        out = e0[species_idx] + self.scale * model_energy.to(torch.float64)
-        if self.shift != 0.0:
-            g = 1.0 if shift_weight is None else shift_weight.to(torch.float64)
-            out = out + self.shift * g
-        return out
+        shift = self.shift + self.scale * self.element_shift.to(torch.float64)[species_idx]
+        g = 1.0 if shift_weight is None else shift_weight.to(torch.float64)
+        return e0[species_idx] + self.scale * model_energy.to(torch.float64) + shift * g
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # model files and checkpoints written before ``element_shift`` existed hold no
+        # such entry: they computed exactly this head with b = 0
+        key = prefix + "element_shift"
+        if key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.element_shift)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
