@@ -55,6 +55,7 @@ def make_model(seed: int = 0, **overrides) -> GauntMACE:
         for readout in model.readouts:  # zero-initialised: give them generic values
             for p in readout.parameters():
                 p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+        model.head.element_shift.copy_(0.1 * torch.randn_like(model.head.element_shift))
     return model
 
 
@@ -230,6 +231,32 @@ def test_isolated_atom_gives_e0(model, z):
     out = predict(model, Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]))
     assert float(out["energy"][0]) == pytest.approx(E0S[z], abs=1e-12)
     assert torch.all(out["forces"] == 0)
+
+
+def test_element_shift_moves_bonded_energies_only(model):
+    """The head's learnable per-element shift b: dE/db[z] = scale * (bonded atoms of z),
+    no force, and no effect on an isolated atom (which stays at its E0)."""
+    mol = random_molecule(seed=4, n=7)
+    lone = Atoms(numbers=[6], positions=[[0.0, 0.0, 0.0]])
+    species = model.species
+    original = model.head.element_shift.detach().clone()
+    before = predict(model, mol)
+    before_lone = predict(model, lone)
+    b = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
+    with torch.no_grad():
+        model.head.element_shift.add_(b)
+    try:
+        after = predict(model, mol)
+        after_lone = predict(model, lone)
+    finally:
+        with torch.no_grad():
+            model.head.element_shift.copy_(original)
+    counts = torch.tensor([float((mol.numbers == z).sum()) for z in species],
+                          dtype=torch.float64)
+    expected = model.config["energy_scale"] * float((b * counts).sum())
+    assert float(after["energy"][0] - before["energy"][0]) == pytest.approx(expected, abs=1e-10)
+    torch.testing.assert_close(after["forces"], before["forces"], rtol=0, atol=1e-12)
+    assert float(after_lone["energy"][0]) == float(before_lone["energy"][0]) == E0S[6]
 
 
 def test_float32_agrees_with_float64():
