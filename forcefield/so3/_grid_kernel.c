@@ -48,21 +48,21 @@ typedef double vec_f64 __attribute__((vector_size(32)));
 
 #define REAL float
 #define VEC vec_f32
-#define LANES 8
+#define VL 8
 #define FN(name) name##_f32_base
 #include "_grid_kernel_impl.h"
 #undef FN
-#undef LANES
+#undef VL
 #undef VEC
 #undef REAL
 
 #define REAL double
 #define VEC vec_f64
-#define LANES 4
+#define VL 4
 #define FN(name) name##_f64_base
 #include "_grid_kernel_impl.h"
 #undef FN
-#undef LANES
+#undef VL
 #undef VEC
 #undef REAL
 
@@ -73,21 +73,21 @@ typedef double vec_f64 __attribute__((vector_size(32)));
 
 #define REAL float
 #define VEC vec_f32
-#define LANES 8
+#define VL 8
 #define FN(name) name##_f32_avx2
 #include "_grid_kernel_impl.h"
 #undef FN
-#undef LANES
+#undef VL
 #undef VEC
 #undef REAL
 
 #define REAL double
 #define VEC vec_f64
-#define LANES 4
+#define VL 4
 #define FN(name) name##_f64_avx2
 #include "_grid_kernel_impl.h"
 #undef FN
-#undef LANES
+#undef VL
 #undef VEC
 #undef REAL
 

@@ -87,13 +87,13 @@ def gaunt_grid(x1: Tensor, x2: Tensor, tables: dict[str, Tensor]) -> Tensor:
     dims = tables["dims"]
     lmax_out = int(dims[2])
     lead = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
+    out = torch.empty(*lead, (lmax_out + 1) ** 2, dtype=x1.dtype)
+    if out.numel() == 0:
+        return out
     rows1, strides1 = _rows_view(x1, lead)
     rows2, strides2 = _rows_view(x2, lead)
     n_outer, n_inner = rows1.shape[0], rows1.shape[1]
     total = n_outer * n_inner
-    out = torch.empty(*lead, (lmax_out + 1) ** 2, dtype=x1.dtype)
-    if total == 0:
-        return out
     function = library.gaunt_grid_f32 if x1.dtype == torch.float32 else library.gaunt_grid_f64
     shape = (ctypes.c_int64 * 2)(n_outer, n_inner)
     s1 = (ctypes.c_int64 * 2)(*strides1)

@@ -1,0 +1,154 @@
+"""The fused CPU kernel of the grid Gaunt product against the torch routes.
+
+The kernel (forcefield/so3/_grid_kernel.c) is built by ``pip install``; these tests check
+that it was, that it gives the dense contraction's numbers to round-off for every shape of
+input the module accepts, and that the torch fallback (no compiler, or
+FORCEFIELD_NO_CPU_KERNEL=1) still gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from forcefield.so3 import GauntTensorProduct, grid_kernel
+
+F64 = torch.float64
+DEGREES = [(0, 0, 0), (1, 1, 2), (2, 3, 1), (3, 2, 5), (4, 4, 4), (5, 0, 5), (0, 6, 6),
+           (6, 6, 12), (3, 7, 4), (8, 8, 8)]
+
+
+def features(lmax: int, *lead: int, dtype=F64, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 100 + lmax)
+    return torch.randn(*lead, (lmax + 1) ** 2, generator=generator, dtype=dtype)
+
+
+@pytest.fixture
+def torch_route(monkeypatch):
+    """Make the grid method take the torch matrix-product route."""
+    monkeypatch.setattr(grid_kernel, "supports", lambda x: False)
+
+
+def dense(l1: int, l2: int, lo: int, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    return GauntTensorProduct(l1, l2, lo, "dense")(x1, x2)
+
+
+@pytest.mark.skipif(bool(os.environ.get("FORCEFIELD_NO_CPU_KERNEL")),
+                    reason="kernel disabled by FORCEFIELD_NO_CPU_KERNEL")
+def test_kernel_was_built_by_the_install() -> None:
+    assert grid_kernel.available(), (
+        "forcefield/so3/_grid_kernel*.so is missing: reinstall with a C compiler "
+        "(pip install -e .)")
+
+
+needs_kernel = pytest.mark.skipif(not grid_kernel.available(), reason="kernel not built")
+
+
+@needs_kernel
+@pytest.mark.parametrize("l1,l2,lo", DEGREES)
+def test_kernel_equals_dense(l1: int, l2: int, lo: int) -> None:
+    x1, x2 = features(l1, 37, 3), features(l2, 37, 3, seed=1)
+    out = GauntTensorProduct(l1, l2, lo, "grid")(x1, x2)
+    torch.testing.assert_close(out, dense(l1, l2, lo, x1, x2), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("l1,l2,lo", DEGREES[:7])
+def test_torch_route_equals_dense(torch_route, l1: int, l2: int, lo: int) -> None:
+    x1, x2 = features(l1, 37, 3), features(l2, 37, 3, seed=1)
+    out = GauntTensorProduct(l1, l2, lo, "grid")(x1, x2)
+    torch.testing.assert_close(out, dense(l1, l2, lo, x1, x2), atol=1e-12, rtol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 33])
+def test_kernel_any_number_of_rows(rows: int) -> None:
+    """Rows come in SIMD blocks of 8 (float32) or 4 (float64); short last blocks are fine."""
+    for dtype, atol in ((F64, 1e-12), (torch.float32, 2e-5)):
+        x1, x2 = features(3, rows, dtype=dtype), features(2, rows, dtype=dtype, seed=2)
+        out = GauntTensorProduct(3, 2, 4, "grid")(x1, x2)
+        assert out.shape == (rows, 25) and out.dtype == dtype
+        torch.testing.assert_close(out, dense(3, 2, 4, x1, x2), atol=atol, rtol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape1,shape2", [
+    ((5, 4), (5, 1)),        # nodes x channels against nodes x 1
+    ((1, 4), (5, 1)),        # both broadcast
+    ((), (6,)),              # a single feature against a batch
+    ((2, 3, 4), (2, 1, 4)),  # broadcast in a middle dimension
+    ((2, 3, 4), (3, 1)),
+])
+def test_kernel_broadcasting(shape1, shape2) -> None:
+    x1, x2 = features(3, *shape1), features(3, *shape2, seed=3)
+    out = GauntTensorProduct(3, 3, 3, "grid")(x1, x2)
+    torch.testing.assert_close(out, dense(3, 3, 3, x1, x2), atol=1e-12, rtol=0)
+
+
+@needs_kernel
+def test_kernel_non_contiguous_inputs() -> None:
+    base = features(2, 6, 5)
+    x1 = base.transpose(0, 1)  # [5, 6, 9], strided rows
+    x2 = features(2, 5, 12, seed=4)[:, ::2]  # every other row
+    out = GauntTensorProduct(2, 2, 4, "grid")(x1, x2)
+    torch.testing.assert_close(out, dense(2, 2, 4, x1, x2), atol=1e-12, rtol=0)
+
+
+@needs_kernel
+def test_kernel_threads_split_rows_exactly() -> None:
+    """Row ranges on several threads give bit-identical results to one thread."""
+    x1, x2 = features(4, 3000, 2, dtype=torch.float32), features(4, 3000, 1, seed=5,
+                                                                  dtype=torch.float32)
+    product = GauntTensorProduct(4, 4, 4, "grid")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = product(x1, x2)
+        torch.set_num_threads(3)
+        split = product(x1, x2)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, split)
+
+
+@needs_kernel
+def test_kernel_float32_accuracy() -> None:
+    x1, x2 = features(6, 200), features(6, 200, seed=6)
+    exact = dense(6, 6, 6, x1, x2)
+    out = GauntTensorProduct(6, 6, 6, "grid")(x1.float(), x2.float()).double()
+    assert ((out - exact).norm() / exact.norm()).item() < 1e-6
+
+
+@needs_kernel
+def test_kernel_gradients() -> None:
+    """Backward (two adjoint kernel products) and double backward match dense autograd."""
+    x1 = features(3, 4, 2).requires_grad_()
+    x2 = features(2, 4, 1, seed=7).requires_grad_()
+    product = GauntTensorProduct(3, 2, 3, "grid")
+    assert torch.autograd.gradcheck(product, (x1, x2))
+    assert torch.autograd.gradgradcheck(product, (x1, x2))
+
+
+def test_torch_route_gradients(torch_route) -> None:
+    x1 = features(2, 2, 2).requires_grad_()
+    x2 = features(1, 2, 1, seed=7).requires_grad_()
+    product = GauntTensorProduct(2, 1, 2, "grid")
+    assert torch.autograd.gradcheck(product, (x1, x2))
+    assert torch.autograd.gradgradcheck(product, (x1, x2))
+
+
+def test_environment_variable_disables_the_kernel() -> None:
+    code = (
+        "import torch\n"
+        "from forcefield.so3 import GauntTensorProduct, grid_kernel\n"
+        "assert not grid_kernel.available()\n"
+        "x = torch.randn(10, 16, dtype=torch.float64)\n"
+        "d = GauntTensorProduct(3, 3, 3, 'dense')(x, x)\n"
+        "g = GauntTensorProduct(3, 3, 3, 'grid')(x, x)\n"
+        "assert (d - g).abs().max() < 1e-12\n"
+    )
+    env = dict(os.environ, FORCEFIELD_NO_CPU_KERNEL="1")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
