@@ -9,9 +9,12 @@ FORCEFIELD_NO_CPU_KERNEL=1) still gives the same numbers.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +155,34 @@ def test_environment_variable_disables_the_kernel() -> None:
     )
     env = dict(os.environ, FORCEFIELD_NO_CPU_KERNEL="1")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+@needs_kernel
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kernel_threads_work_in_a_forked_child() -> None:
+    """A forked process (e.g. a data-loader worker) starts with no pool threads; the kernel
+    must not wait on the parent's."""
+    x1, x2 = features(2, 4000, dtype=torch.float32), features(2, 4000, seed=8,
+                                                              dtype=torch.float32)
+    product = GauntTensorProduct(2, 2, 2, "grid")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = product(x1, x2)  # creates the parent's pool
+        pid = os.fork()
+        if pid == 0:  # child: exit 0 only if the product completes and agrees
+            try:  # compared in numpy: torch's OpenMP regions are not usable after a fork
+                same = np.array_equal(product(x1, x2).numpy(), expected.numpy())
+                os._exit(0 if same else 1)
+            finally:
+                os._exit(2)
+        deadline = time.monotonic() + 60
+        while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if waited[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the kernel hung in a forked child (waiting on the parent's threads)")
+    finally:
+        torch.set_num_threads(threads)
+    assert os.waitstatus_to_exitcode(waited[1]) == 0

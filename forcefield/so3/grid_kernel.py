@@ -64,6 +64,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forcefield-gaunt")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child (data-loader worker) has no pool threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _rows_view(x: Tensor, lead: torch.Size) -> tuple[Tensor, tuple[int, int]]:
     """``x`` broadcast to ``lead`` as [outer, inner, D] with (outer, inner) row strides.
 

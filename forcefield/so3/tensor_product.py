@@ -6,7 +6,9 @@ degree lout) of the pointwise product of the functions x1 and x2 on the sphere;
 only once.  Methods (all exact to round-off, see notes/gaunt.md):
 
 * ``dense``: contraction with the real Gaunt coefficients (best for small degrees);
-* ``grid``: values on a Gauss-Legendre x uniform sphere grid just large enough to be exact;
+* ``grid``: values on a Gauss-Legendre x uniform sphere grid just large enough to be exact
+  (on CPU a fused C kernel, ``grid_kernel``, evaluates it separably; elsewhere, or where the
+  kernel was not built, three torch matrix products);
 * ``fourier``: the paper's route, SH -> 2D Fourier (block-sparse), FFT product, projection;
 * ``auto``: the fastest of them for the degrees, dtype and device (see ``select_method``).
 
@@ -47,10 +49,11 @@ def select_method(
     """The fastest exact method for these degrees, by the rule measured with
     ``scripts/bench_tensor_product.py`` (README, Benchmarks).
 
-    On CPU the products are memory-bound: the grid method (three matrix products over a
-    cache-sized chunk of rows) beat the dense contraction from L = 1 up, and the FFTs of the
-    Fourier route cost more than both at every L <= 8.  Dense is kept where a grid makes no
-    sense (scalar inputs).  On GPU the same rule holds pending measurement there.
+    On CPU the grid method (the fused kernel, or three matrix products over cache-sized
+    chunks of rows where the kernel is not built) beat the dense contraction from L = 1 up,
+    and the FFTs of the Fourier route cost more than both at every L <= 8.  Dense is kept
+    where a grid makes no sense (scalar inputs).  On GPU the same rule holds pending
+    measurement there.
     """
     del dtype, device  # the measured ranking did not depend on them
     if order > 2:
