@@ -1,9 +1,10 @@
 """Benchmark the Gaunt tensor product against e3nn, side by side in one run.
 
 For L = 1..8 and lmax_out in {L, 2L} (lmax1 = lmax2 = L), with nodes x channels inputs,
-it times forward and forward+backward of each of our methods, "auto", e3nn's CG
-``TensorProduct`` restricted to the same even paths with Gaunt path weights (the fair
-reference: it computes the same numbers, which the script checks), and e3nn's
+it times forward and forward+backward of each of our methods ("grid" runs the fused CPU
+kernel; "grid_torch" is the same method on torch matrix products, its fallback), "auto",
+e3nn's CG ``TensorProduct`` restricted to the same even paths with Gaunt path weights (the
+fair reference: it computes the same numbers, which the script checks), and e3nn's
 ``FullTensorProduct``.  Prints a table in milliseconds with the speed-up of "auto" over
 the e3nn reference, and writes JSON.  e3nn is a benchmark/test oracle only.
 
@@ -22,9 +23,9 @@ import time
 import torch
 
 from forcefield.runtime import tune_cpu_allocator
-from forcefield.so3 import GauntTensorProduct
+from forcefield.so3 import GauntTensorProduct, grid_kernel
 
-OURS = ("dense", "grid", "fourier", "auto")
+OURS = ("dense", "grid", "grid_torch", "fourier", "auto")
 
 
 def interleaved_medians(candidates: dict, device: torch.device, budget_s: float,
@@ -55,6 +56,15 @@ def interleaved_medians(candidates: dict, device: torch.device, budget_s: float,
             sync()
             times[name].append(time.perf_counter() - t0)
     return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def without_kernel(module):
+    """The module with its grid product forced onto the torch matrix-product route."""
+    def call(a, b):
+        with grid_kernel.disabled():
+            return module(a, b)
+
+    return call
 
 
 def e3nn_gaunt_reference(lmax: int, lmax_out: int):
@@ -147,6 +157,9 @@ def main() -> None:
             row = {"lmax": lmax, "lmax_out": lmax_out}
             candidates = {}
             for method in OURS:
+                if method == "grid_torch":  # the grid method without the fused CPU kernel
+                    candidates[method] = without_kernel(candidates["grid"])
+                    continue
                 module = GauntTensorProduct(lmax, lmax, lmax_out, method).to(device)
                 if method == "auto":
                     # "auto" is the very module of the method it picks: time that once, so

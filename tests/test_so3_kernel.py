@@ -31,9 +31,10 @@ def features(lmax: int, *lead: int, dtype=F64, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture
-def torch_route(monkeypatch):
+def torch_route():
     """Make the grid method take the torch matrix-product route."""
-    monkeypatch.setattr(grid_kernel, "supports", lambda x: False)
+    with grid_kernel.disabled():
+        yield
 
 
 def dense(l1: int, l2: int, lo: int, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

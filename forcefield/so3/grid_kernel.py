@@ -12,10 +12,12 @@ ctypes releases the GIL during a call, so large batches are split into row range
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -49,14 +51,29 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
+_disabled = False
+
+
 def available() -> bool:
     """True when the compiled kernel can be used (CPU float32/float64 tensors)."""
     return _library() is not None
 
 
 def supports(x: Tensor) -> bool:
-    """Whether the kernel can compute products of tensors like ``x``."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and available()
+    """Whether the kernel will compute products of tensors like ``x``."""
+    return (not _disabled and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and available())
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Inside the block the grid product takes the torch route (for comparisons and tests)."""
+    global _disabled
+    previous, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = previous
 
 
 @cache
