@@ -16,7 +16,8 @@ def test_regular_install_runs_outside_the_repository(repo_root, tmp_path):
     shutil.copytree(
         repo_root, src, symlinks=True,
         ignore=shutil.ignore_patterns(".git", ".venv*", "__pycache__", "build", "runs",
-                                      "outputs", "*.egg-info", ".pytest_cache", "tests"),
+                                      "outputs", "*.egg-info", ".pytest_cache", "tests",
+                                      "*.so"),
     )
     site = tmp_path / "site"
     subprocess.run(
@@ -34,6 +35,12 @@ def test_regular_install_runs_outside_the_repository(repo_root, tmp_path):
         capture_output=True, text=True, env=env, cwd=work, check=True,
     )
     assert probe.stdout.strip() == str(site / "forcefield" / "conf")
+    kernel = subprocess.run(  # the C kernel of the grid product was built into the install
+        [sys.executable, "-c", "from forcefield.so3 import grid_kernel as k; "
+         "print(k._library()._name)"],
+        capture_output=True, text=True, env=env, cwd=work, check=True,
+    )
+    assert kernel.stdout.strip().startswith(str(site / "forcefield" / "so3" / "_grid_kernel"))
     out = work / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "forcefield", "train", "model.channels=8", "model.radial_mlp=[8]",
