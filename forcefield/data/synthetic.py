@@ -2,7 +2,8 @@
 
 EMT covers Al, Cu, Ag, Au, Ni, Pd, Pt (+ H, C, N, O, roughly). Slabs follow the OC20
 conventions: fully periodic cell with vacuum along z, tags 0 = subsurface, 1 = surface,
-2 = adsorbate, the bottom layers fixed with ``FixAtoms``.
+2 = adsorbate, the bottom layers fixed with ``FixAtoms``. :func:`emt_is2re` gives
+IS2RE-style records (initial structure, relaxed energy) from EMT relaxations.
 """
 
 from __future__ import annotations
@@ -104,4 +105,38 @@ def emt_structures(n: int, seed: int = 0, kind: str = "mixed", label: bool = Tru
         atoms.info["sid"] = i
         atoms.info["fid"] = 0
         out.append(atoms)
+    return out
+
+
+def emt_is2re(n: int, seed: int = 0, fmax: float = 0.05, max_steps: int = 200,
+              **kwargs) -> list[Atoms]:
+    """``n`` IS2RE-style records: initial slab + adsorbate structures whose label is the
+    energy after relaxing them with EMT (the OC20 IS2RE task: relaxed energy from the
+    initial structure).
+
+    Each returned ``Atoms`` holds the *initial* positions, a SinglePointCalculator with
+    ``energy`` = the relaxed EMT energy and no forces, ``info`` with ``sid``, ``fid`` (0),
+    ``y_init`` (initial energy), ``y_relaxed`` and ``relax_steps``, and
+    ``arrays["pos_relaxed"]``. The fixed (bottom) atoms stay fixed during the relaxation
+    (BFGS to max |F| < ``fmax`` eV/A on free atoms, at most ``max_steps`` steps).
+    Extra keyword arguments go to :func:`emt_slab`. Deterministic for a given seed.
+    """
+    from ase.optimize import BFGS
+
+    rng = np.random.default_rng(seed)
+    keys = ("size", "metal", "adsorbate", "vacuum", "rattle")
+    out = []
+    for i in range(int(n)):
+        initial = emt_slab(rng, **{k: v for k, v in kwargs.items() if k in keys})
+        relaxed = initial.copy()
+        relaxed.calc = EMT()
+        y_init = float(relaxed.get_potential_energy())
+        opt = BFGS(relaxed, logfile=None)
+        opt.run(fmax=fmax, steps=max_steps)
+        y_relaxed = float(relaxed.get_potential_energy())
+        initial.calc = SinglePointCalculator(initial, energy=y_relaxed)
+        initial.info.update(sid=i, fid=0, y_init=y_init, y_relaxed=y_relaxed,
+                            relax_steps=int(opt.get_number_of_steps()))
+        initial.arrays["pos_relaxed"] = relaxed.positions.copy()
+        out.append(initial)
     return out
