@@ -547,6 +547,18 @@ class OC20DataModule(ASEDataModule):
         self.lmdb_keys = plain_container(lmdb_keys)
         self.required_labels = ("energy", "forces") if task == "s2ef" else ("energy",)
 
+    def _build(self, records, name: str, required: Sequence[str] | None = None) -> list:
+        graphs = super()._build(records, name, required)
+        if self.task == "is2re":
+            # IS2RE's label is the relaxed energy of the initial structure: forces or stress
+            # a file may carry for that structure belong to another target (S2EF) and
+            # must not enter the loss, the metrics or the force-RMS statistic
+            for g in graphs:
+                for key in ("forces", "stress"):
+                    if key in g:
+                        del g[key]
+        return graphs
+
     def _records(self, source):
         return iter_records(source, task=self.task, index=self.index,
                             subtract_reference=self.subtract_reference, lmdb_keys=self.lmdb_keys)
