@@ -102,10 +102,17 @@ class ForceFieldModule(pl.LightningModule):
     def _wants_stress(self, batch) -> bool:
         return self.loss_cfg.stress_weight > 0 and getattr(batch, "stress", None) is not None
 
+    def _wants_forces(self, batch, training: bool) -> bool:
+        """Forces only where they are compared with labels: energy-only data (OC20 IS2RE)
+        trains and evaluates without the (double) backward pass through positions."""
+        if getattr(batch, "forces", None) is None:
+            return False
+        return not training or self.loss_cfg.forces_weight > 0
+
     def predict_batch(self, model: torch.nn.Module, batch, training: bool) -> dict:
         with torch.enable_grad():
-            out = model(batch, compute_forces=True, compute_stress=self._wants_stress(batch),
-                        training=training)
+            out = model(batch, compute_forces=self._wants_forces(batch, training),
+                        compute_stress=self._wants_stress(batch), training=training)
         if not training:
             out = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
         return out

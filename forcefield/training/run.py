@@ -543,8 +543,10 @@ def evaluate(cfg: DictConfig, model_path: str) -> int:
         buf: dict[str, list] = {"e_ref": [], "e_pred": [], "natoms": [], "f_ref": [], "f_pred": []}
         for batch in tqdm(loader, desc=f"evaluate {name}", leave=False):
             batch = batch.to(device)
+            # forces only when there are labels to compare with (not for IS2RE energies)
+            forces = getattr(batch, "forces", None) is not None
             with torch.enable_grad():
-                pred = net(batch, compute_forces=True, compute_stress=False, training=False)
+                pred = net(batch, compute_forces=forces, compute_stress=False, training=False)
             pred = {k: v.detach() for k, v in pred.items() if isinstance(v, torch.Tensor)}
             acc.update(batch, pred)
             _collect(buf, batch, pred)
