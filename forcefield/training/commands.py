@@ -30,7 +30,7 @@ config groups (choose with group=option):
   data        3bpa (default), oc20, ase
   model       gaunt_mace_small (default), gaunt_mace
   trainer     cpu (default), gpu, ddp
-  experiment  3bpa_paper, oc20_s2ef
+  experiment  3bpa_paper, oc20_s2ef, oc20_is2re
 top-level keys: seed, dtype (float32|float64), output_dir, ckpt_path (resume)
 
 examples:
@@ -51,6 +51,7 @@ write metrics.json, predictions_<split>.extxyz and parity plots into output_dir.
 examples:
   forcefield evaluate model=runs/x/model.pt
   forcefield evaluate model=runs/x/checkpoints/best.ckpt data=oc20 data.test=val.aselmdb
+  forcefield evaluate model=runs/x/model.pt data=oc20 data.task=is2re data.test=val_is2re/
   forcefield evaluate model=model.pt data=ase data.test='{md: md.xyz}' output_dir=eval
 """
 
