@@ -16,7 +16,8 @@ setup(
         Extension(
             "forcefield.so3._grid_kernel",
             sources=["forcefield/so3/_grid_kernel.c"],
-            depends=["forcefield/so3/_grid_kernel_impl.h"],
+            depends=["forcefield/so3/_grid_kernel_impl.h",
+                     "forcefield/so3/_grid_kernel_body.h"],
             extra_compile_args=COMPILE_ARGS,
             optional=True,
         )

@@ -46,51 +46,17 @@
 typedef float vec_f32 __attribute__((vector_size(32)));
 typedef double vec_f64 __attribute__((vector_size(32)));
 
-#define REAL float
-#define VEC vec_f32
-#define VL 8
-#define FN(name) name##_f32_base
+#define ISA base
 #include "_grid_kernel_impl.h"
-#undef FN
-#undef VL
-#undef VEC
-#undef REAL
-
-#define REAL double
-#define VEC vec_f64
-#define VL 4
-#define FN(name) name##_f64_base
-#include "_grid_kernel_impl.h"
-#undef FN
-#undef VL
-#undef VEC
-#undef REAL
+#undef ISA
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #define HAVE_AVX2_BUILD 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-
-#define REAL float
-#define VEC vec_f32
-#define VL 8
-#define FN(name) name##_f32_avx2
+#define ISA avx2
 #include "_grid_kernel_impl.h"
-#undef FN
-#undef VL
-#undef VEC
-#undef REAL
-
-#define REAL double
-#define VEC vec_f64
-#define VL 4
-#define FN(name) name##_f64_avx2
-#include "_grid_kernel_impl.h"
-#undef FN
-#undef VL
-#undef VEC
-#undef REAL
-
+#undef ISA
 #pragma GCC pop_options
 #endif
 
