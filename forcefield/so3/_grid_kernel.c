@@ -16,8 +16,9 @@
  *   5. polar projection   out_lm += w_j P_lm(beta_j) Sm_m.
  *
  * About 5x fewer multiply-adds than the three dense grid matrix products at L = 6, and every
- * intermediate stays in registers or L1: rows are processed LANES at a time, one SIMD lane
- * per row, so each step is a broadcast table entry times a vector of rows.
+ * intermediate stays in registers or L1: rows are processed 32 (float32) or 16 (float64) at
+ * a time in four vectors, one SIMD lane per row, so each step is a broadcast table entry
+ * times four vectors of rows.
  *
  * Table layouts (all built in float64 by forcefield/so3/tables.py and cast):
  *   leg1, leg2 [n_beta][2 L + 1][L + 1]    P_lm(beta_j) at [j][m + L][l] (0 for l < |m|)
@@ -63,12 +64,8 @@ typedef double vec_f64 __attribute__((vector_size(32)));
 static int use_avx2(void)
 {
 #ifdef HAVE_AVX2_BUILD
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
+    __builtin_cpu_init(); /* cheap and idempotent: reads the CPU features once */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif

@@ -24,7 +24,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-_LANES = 16  # rows per kernel block (float32); ranges given to threads are multiples of it
+_BLOCK_ROWS = 32  # rows per kernel block (float32; 16 in float64): threads get whole blocks
 _MIN_ROWS_PER_THREAD = 1024
 _POINTER = ctypes.c_void_p
 _ARGTYPES = [_POINTER] * 6 + [ctypes.c_int64] * 2 + [_POINTER] * 8
@@ -131,7 +131,7 @@ def gaunt_grid(x1: Tensor, x2: Tensor, tables: dict[str, Tensor]) -> Tensor:
     if workers == 1:
         status = [run((0, total))]
     else:
-        step = math.ceil(total / workers / _LANES) * _LANES
+        step = math.ceil(total / workers / _BLOCK_ROWS) * _BLOCK_ROWS
         ranges = [(start, min(total, start + step)) for start in range(0, total, step)]
         status = list(_pool(workers).map(run, ranges))
     if any(status):
