@@ -13,7 +13,7 @@ test_600K total-energy and force-component RMSE of both.
 mace-torch runs in its own environment (``scripts/setup_mace_env.sh`` creates
 .venv-mace), as a subprocess: ``mace_run_train`` then ``mace_eval_configs``.
 
-    python scripts/bench_vs_mace.py --epochs 3 --threads 2 [--test-limit 500]
+    python scripts/bench_vs_mace.py --epochs 3 --threads 1 [--test-limit 500]
         [--json bench_vs_mace.json] [--skip-mace] [--skip-ours]
 """
 
@@ -242,7 +242,9 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP/MKL threads of each code (default 1: on a shared 2-core "
+                             "machine 2 threads are oversubscribed)")
     parser.add_argument("--test-limit", type=int, default=None,
                         help="evaluate only the first N structures of each test split")
     parser.add_argument("--json", type=Path, default=None)
