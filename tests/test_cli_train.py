@@ -233,3 +233,23 @@ def test_evaluate_and_export_user_errors(capsys, tmp_path):
     assert "output" in capsys.readouterr().err
     assert train_cli.main(["--help"]) == 0
     assert "experiment" in capsys.readouterr().out
+
+
+def test_resume_from_a_checkpoint_without_some_weights_is_a_clear_error(tmp_path, capsys):
+    """A checkpoint of an older model (here: one parameter removed) cannot be resumed: one
+    sentence names the missing weights and what to do instead, nothing is written."""
+    run = tmp_path / "old"
+    assert train_cli.main([*TINY, *QUICK, "trainer.max_epochs=1", f"output_dir={run}"]) == 0
+    last = run / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    removed = [k for k in state["state_dict"] if k.endswith("element_shift")]
+    assert removed
+    for key in removed:
+        del state["state_dict"][key]
+    torch.save(state, last)
+    before = (run / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert train_cli.main([f"ckpt_path={last}", "trainer.max_epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "element_shift" in err and "cannot be resumed" in err and "Traceback" not in err
+    assert (run / "metrics.csv").read_text() == before

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from forcefield.data.datamodules import plain_container
+from forcefield.training.config import ConfigError
 from forcefield.training.ema import EMA
 from forcefield.training.losses import LossConfig, compute_loss
 from forcefield.training.metrics import MetricAccumulator, free_atom_mask
@@ -274,6 +275,17 @@ class ForceFieldModule(pl.LightningModule):
         checkpoint["stage_two_active"] = bool(self.stage_two_active)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and checkpoint.get("optimizer_states"):
+            # resuming: the optimiser state has one slot per parameter, so a checkpoint
+            # without some of this model's parameters (an older version) cannot continue
+            saved = checkpoint.get("state_dict", {})
+            missing = [name for name, _ in self.named_parameters() if name not in saved]
+            if missing:
+                raise ConfigError(
+                    f"ckpt_path: the checkpoint has no weights for {', '.join(missing)} "
+                    "(written by an older forcefield), so its optimiser state cannot be "
+                    "resumed; evaluate or export it (forcefield evaluate model=CKPT), or "
+                    "start a new run without ckpt_path")
         self._plateau_state = checkpoint.get("plateau_scheduler")
         if checkpoint.get("stage_two_active"):
             self.stage_two_active = True
