@@ -253,3 +253,24 @@ def test_resume_from_a_checkpoint_without_some_weights_is_a_clear_error(tmp_path
     err = capsys.readouterr().err
     assert "element_shift" in err and "cannot be resumed" in err and "Traceback" not in err
     assert (run / "metrics.csv").read_text() == before
+
+
+def test_unknown_element_in_test_data_is_a_clear_error(run_dir, tmp_path, capsys):
+    """The 3BPA model (H, C, N, O) evaluated on copper: one sentence naming the split and
+    the element, no traceback and no metrics written."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.io import write
+
+    copper = bulk("Cu", cubic=True)
+    copper.rattle(0.05, seed=0)
+    copper.calc = EMT()
+    copper.get_forces()
+    write(tmp_path / "cu.xyz", copper)
+    out = tmp_path / "eval"
+    rc = evaluate_cli.main([f"model={run_dir / 'model.pt'}", "data=ase",
+                            f"data.test={{copper: {tmp_path / 'cu.xyz'}}}", f"output_dir={out}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "'copper'" in err and "Cu (Z=29)" in err and "Traceback" not in err
+    assert not (out / "metrics.json").exists()

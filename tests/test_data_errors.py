@@ -103,7 +103,10 @@ def test_empty_split_errors(tmp_path):
     with pytest.raises(DataError, match="empty training split"):
         dm.setup("fit")
     with pytest.raises(DataError, match="no training data"):
-        ASEDataModule(train=None)
+        ASEDataModule(train=None).setup("fit")
+    test_only = ASEDataModule(train=None, test={"one": str(path)}, stats_cache=False)
+    test_only.setup("test")  # evaluation needs no training data
+    assert len(test_only.test_data["one"]) == 1
     with pytest.raises(DataError, match="matches no file"):
         ASEDataModule(train=str(tmp_path / "*.nothing"), stats_cache=False).setup("fit")
     with pytest.raises(DataError, match="does not exist"):

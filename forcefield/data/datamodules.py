@@ -425,10 +425,7 @@ class ASEDataModule(AtomisticDataModule):
                          forces_key=forces_key, stress_key=stress_key, nan_policy=nan_policy,
                          e0s=e0s, cache_dir=cache_dir, stats_cache=stats_cache,
                          pin_memory=pin_memory, neighbour_backend=neighbour_backend)
-        if train is None:
-            raise DataError("no training data given; set data.train to a file, directory, glob "
-                            "or list of those.")
-        self.train = plain_container(train)
+        self.train = plain_container(train)  # None: test sources only (evaluation)
         self.valid = plain_container(valid)
         self.test_sources = _named_sources(test)
         self.valid_fraction = float(valid_fraction)
@@ -455,6 +452,9 @@ class ASEDataModule(AtomisticDataModule):
         return ["test"] if self.test_fraction > 0 else []
 
     def _setup_fit(self) -> None:
+        if self.train is None:
+            raise DataError("no training data given; set data.train to a file, directory, glob "
+                            "or list of those.")
         data = self._build(self._records(self.train), f"training data {self.train!r}")
         self._held_out_test = None
         if not self.test_sources and self.test_fraction > 0:

@@ -136,6 +136,26 @@ def test_loaders(dm) -> tuple[list[str], list]:
 
 
 # --------------------------------------------------------------------------- checks
+def check_species(names: Sequence[str], loaders: Sequence, species: Sequence[int],
+                  what: str) -> None:
+    """Every element of the ``what`` splits must be one the model handles; otherwise one
+    sentence naming the split, the element and the fix (not a traceback mid-epoch)."""
+    from ase.data import chemical_symbols
+
+    known = {int(z) for z in species}
+    for name, loader in zip(names, loaders, strict=True):
+        dataset = getattr(loader, "dataset", None) or []
+        found = {int(z) for g in dataset for z in torch.unique(g.atomic_numbers).tolist()}
+        unknown = sorted(found - known)
+        if unknown:
+            elements = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            model = ", ".join(chemical_symbols[z] for z in sorted(known))
+            raise ConfigError(
+                f"{what} split {name!r}: element {elements} is not in the model's species "
+                f"[{model}] (taken from the training data); train on data that contains "
+                f"it or list it in model.species, or leave this split out")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     check_keys(cfg, TRAIN_KEYS)
     check_missing(cfg)
@@ -318,6 +338,8 @@ def train(cfg: DictConfig) -> int:
 
     train_loader = dm.train_dataloader()
     val_loaders = _as_list(dm.val_dataloader()) if hasattr(dm, "val_dataloader") else []
+    check_species([f"valid_{i}" if i else "valid" for i in range(len(val_loaders))],
+                  val_loaders, model.species, "validation")
     has_val = len(val_loaders) > 0
     ckpt_cb, interrupt_cb, callbacks = _callbacks(out, has_val)
     trainer = build_trainer(to_container(cfg.trainer), out, callbacks)
@@ -380,6 +402,7 @@ def train(cfg: DictConfig) -> int:
     results: dict[str, dict[str, float]] = {}
     if cfg.test.enabled:
         names, loaders = test_loaders_or_empty(dm)
+        check_species(names, loaders, model.species, "test")
         if loaders:
             loaders = [rebuild_loader(t, False, rank, world, seed, repeat=False) for t in loaders]
             module.test_split_names = names
@@ -528,11 +551,14 @@ def evaluate(cfg: DictConfig, model_path: str) -> int:
     extra = {}
     if cfg.batch_size is not None:
         extra["batch_size"] = int(cfg.batch_size)
+    if OmegaConf.is_missing(cfg.data, "train"):
+        cfg.data.train = None  # evaluation reads only the test sources (data=ase needs none)
     dm = instantiate_datamodule(cfg.data, r_max=float(net.config["r_max"]), **extra)
     setup_data(dm, "test")
     names, loaders = test_loaders(dm)
     if not loaders:
         raise ConfigError("data: no test data found; set data.test (oc20/ase) or data.root (3bpa)")
+    check_species(names, loaders, net.config["species"], "test")
     out = Path(str(cfg.output_dir)).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, float]] = {}
