@@ -68,9 +68,9 @@ def test_torch_route_equals_dense(torch_route, l1: int, l2: int, lo: int) -> Non
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 33])
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9, 31, 32, 33])
 def test_kernel_any_number_of_rows(rows: int) -> None:
-    """Rows come in SIMD blocks of 8 (float32) or 4 (float64); short last blocks are fine."""
+    """Rows come in blocks of 32 (float32) or 16 (float64); short last blocks are fine."""
     for dtype, atol in ((F64, 1e-12), (torch.float32, 2e-5)):
         x1, x2 = features(3, rows, dtype=dtype), features(2, rows, dtype=dtype, seed=2)
         out = GauntTensorProduct(3, 2, 4, "grid")(x1, x2)

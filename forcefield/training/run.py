@@ -145,8 +145,10 @@ def check_species(names: Sequence[str], loaders: Sequence, species: Sequence[int
     known = {int(z) for z in species}
     for name, loader in zip(names, loaders, strict=True):
         dataset = getattr(loader, "dataset", None) or []
-        found = {int(z) for g in dataset for z in torch.unique(g.atomic_numbers).tolist()}
-        unknown = sorted(found - known)
+        if not len(dataset):
+            continue
+        numbers = torch.cat([g.atomic_numbers for g in dataset])
+        unknown = sorted({int(z) for z in torch.unique(numbers).tolist()} - known)
         if unknown:
             elements = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
             model = ", ".join(chemical_symbols[z] for z in sorted(known))
