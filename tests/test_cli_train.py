@@ -235,7 +235,8 @@ def test_evaluate_and_export_user_errors(capsys, tmp_path):
     assert "experiment" in capsys.readouterr().out
 
 
-def test_resume_from_a_checkpoint_without_some_weights_is_a_clear_error(tmp_path, capsys):
+def test_resume_from_a_checkpoint_without_some_weights_is_a_clear_error(tmp_path, capsys,
+                                                                        monkeypatch):
     """A checkpoint of an older model (here: one parameter removed) cannot be resumed: one
     sentence names the missing weights and what to do instead, nothing is written."""
     run = tmp_path / "old"
@@ -248,6 +249,15 @@ def test_resume_from_a_checkpoint_without_some_weights_is_a_clear_error(tmp_path
         del state["state_dict"][key]
     torch.save(state, last)
     before = (run / "metrics.csv").read_text()
+    import logging
+
+    # library log handlers keep the stderr of whichever test created them (a closed capture
+    # by now): point them at this test's stderr so their messages are not "logging errors"
+    loggers = [logging.getLogger(), *(logging.getLogger(name)
+                                      for name in logging.root.manager.loggerDict)]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if type(handler) is logging.StreamHandler:
+            monkeypatch.setattr(handler, "stream", sys.stderr)
     capsys.readouterr()
     assert train_cli.main([f"ckpt_path={last}", "trainer.max_epochs=2"]) == 2
     err = capsys.readouterr().err
