@@ -4,6 +4,12 @@ Convention (ASE "ijS"): for every pair within ``r_max`` the edge vector is
 ``r_ij = pos[j] - pos[i] + shifts @ cell``; ``i`` is the centre (receiver), ``j`` the
 neighbour. Pairs are listed in both directions; there are no self-edges with zero shift,
 but an atom may neighbour its own periodic images when the cell is smaller than ``r_max``.
+
+Neighbour cap (``max_neighbors=k``, as OC20 models use at 12 A): each centre keeps its ``k``
+nearest neighbours. Ties are broken deterministically and strictly (exactly ``k`` edges per
+centre that has more than ``k``): by distance, then neighbour index ``j``, then the cell
+shift (lexicographic). A capped list is directed: ``i -> j`` may be kept while ``j -> i``
+is dropped, and the energy is no longer smooth where the k-th and (k+1)-th distances cross.
 """
 
 from __future__ import annotations
@@ -50,8 +56,9 @@ def neighbour_list(
     *,
     source: object | None = None,
     index: int | None = None,
+    max_neighbors: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs within ``r_max`` (both directions).
+    """All pairs within ``r_max`` (both directions), optionally capped per centre.
 
     Args:
         pos: positions [N, 3] (numpy or torch), Angstrom.
@@ -59,6 +66,8 @@ def neighbour_list(
         pbc: periodicity per axis (bool or 3 bools).
         r_max: cutoff radius in Angstrom (> 0).
         backend: "vesin" (default) or "ase" (reference, slow).
+        max_neighbors: keep only the ``k`` nearest neighbours of each centre (see the module
+            docstring for the tie rule); None keeps all.
 
     Returns:
         ``(i, j, shifts)`` as int64 numpy arrays of shape [E], [E], [E, 3], sorted by ``i``.
@@ -67,6 +76,9 @@ def neighbour_list(
         raise DataError(f"unknown neighbour-list backend {backend!r}; choose one of {BACKENDS}.")
     if not r_max > 0:
         raise DataError(f"r_max must be positive, got {r_max!r}.")
+    if max_neighbors is not None and int(max_neighbors) < 1:
+        raise DataError(f"max_neighbors must be a positive integer or null, got "
+                        f"{max_neighbors!r}.")
     pos = _as_numpy(pos, np.float64).reshape(-1, 3)
     cell = np.zeros((3, 3)) if cell is None else _as_numpy(cell, np.float64).reshape(3, 3)
     pbc = np.broadcast_to(np.asarray(_as_numpy(pbc, bool)), (3,)).copy()
@@ -87,5 +99,32 @@ def neighbour_list(
         i, j, shifts = ase_neighbor_list("ijS", atoms, float(r_max))
         order = np.lexsort((j, i))
         i, j, shifts = i[order], j[order], shifts[order]
-    return (np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64),
-            np.asarray(shifts, dtype=np.int64).reshape(-1, 3))
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    shifts = np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
+    if max_neighbors is not None:
+        i, j, shifts = cap_neighbours(pos, cell, i, j, shifts, int(max_neighbors))
+    return i, j, shifts
+
+
+def cap_neighbours(pos: np.ndarray, cell: np.ndarray, i: np.ndarray, j: np.ndarray,
+                   shifts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the ``k`` nearest neighbours of every centre (vectorised, no per-atom loop).
+
+    Edges are ordered by (centre, distance, neighbour, shift); the first ``k`` of each
+    centre's group survive. The result stays sorted by centre, and within a centre by
+    distance. Distances are compared in float64 as computed from ``pos`` and ``cell``.
+    """
+    if len(i) == 0:
+        return i, j, shifts
+    counts = np.bincount(i, minlength=len(pos))
+    if counts.max() <= k:
+        return i, j, shifts
+    d2 = np.sum((pos[j] - pos[i] + shifts @ cell) ** 2, axis=1)
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, d2, i))
+    i_sorted = i[order]
+    starts = np.zeros(len(pos) + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    rank = np.arange(len(i_sorted), dtype=np.int64) - starts[i_sorted]
+    keep = order[rank < k]
+    return i[keep], j[keep], shifts[keep]
