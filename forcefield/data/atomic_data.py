@@ -149,6 +149,50 @@ def _int_info(atoms: Atoms, key: str) -> int | None:
         return None
 
 
+def structure_fields(
+    atoms: Atoms,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    stress_key: str | None = None,
+    *,
+    required: Sequence[str] = (),
+    source: object | None = None,
+    index: int | None = None,
+) -> dict[str, Any]:
+    """The fields a graph is built from, read off ``ase.Atoms``.
+
+    Keys: numbers [N] int64, positions [N,3] / cell [3,3] float64, pbc [3] bool, tags [N]
+    int64, fixed [N] bool, and, when present, energy (float), forces [N,3], stress [3,3],
+    sid, fid (int). Labels come from :func:`extract_labels`. Streaming readers produce the
+    same dict straight from stored rows.
+    """
+    labels = extract_labels(atoms, energy_key, forces_key, stress_key, required=required,
+                            source=source, index=index)
+    fields: dict[str, Any] = {
+        "numbers": np.asarray(atoms.numbers, dtype=np.int64),
+        "positions": np.asarray(atoms.positions, dtype=np.float64),
+        "cell": np.asarray(atoms.cell.array, dtype=np.float64),
+        "pbc": np.asarray(atoms.pbc, dtype=bool),
+        "tags": np.asarray(atoms.get_tags(), dtype=np.int64),
+        "fixed": fixed_mask(atoms),
+    }
+    fields.update(labels)
+    for key in ("sid", "fid"):
+        value = _int_info(atoms, key)
+        if value is not None:
+            fields[key] = value
+    return fields
+
+
+def check_finite_fields(fields: dict[str, Any]) -> str | None:
+    """Name of the first non-finite field (positions, cell, energy, forces, stress), else None."""
+    for key in ("positions", "cell", "energy", "forces", "stress"):
+        value = fields.get(key)
+        if value is not None and not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            return key
+    return None
+
+
 class AtomicData(Data):
     """A ``torch_geometric.data.Data`` for one atomic structure; build with :meth:`from_ase`."""
 
@@ -166,6 +210,7 @@ class AtomicData(Data):
         source: object | None = None,
         index: int | None = None,
         check_labels: bool = True,
+        max_neighbors: int | None = None,
     ) -> AtomicData:
         """Build the graph of ``atoms`` with all neighbours within ``r_max`` (Angstrom).
 
@@ -174,43 +219,65 @@ class AtomicData(Data):
         makes missing labels an error. Non-finite positions or labels raise
         :class:`DataError` (``check_labels=False`` skips that check). ``source``/``index``
         only improve error messages. An atom without neighbours is valid.
+        ``max_neighbors`` caps each centre at its k nearest neighbours.
         """
         if not isinstance(atoms, Atoms):
             raise DataError(f"{where(source, index)} is a {type(atoms).__name__}, "
                             "not an ase.Atoms; read it with ase.io.read first.")
-        labels = extract_labels(atoms, energy_key, forces_key, stress_key,
-                                required=required, source=source, index=index)
+        fields = structure_fields(atoms, energy_key, forces_key, stress_key,
+                                  required=required, source=source, index=index)
+        return cls.from_fields(fields, r_max, backend=backend, source=source, index=index,
+                               check_labels=check_labels, max_neighbors=max_neighbors)
+
+    @classmethod
+    def from_fields(
+        cls,
+        fields: dict[str, Any],
+        r_max: float,
+        *,
+        max_neighbors: int | None = None,
+        backend: str = "vesin",
+        source: object | None = None,
+        index: int | None = None,
+        check_labels: bool = True,
+    ) -> AtomicData:
+        """Build the graph from decoded structure fields (see :func:`structure_fields`).
+
+        This is the one graph builder: :meth:`from_ase` (in-memory readers) and the
+        streaming datasets (rows decoded straight from LMDB, no ``ase.Atoms``) both end here.
+        """
         if check_labels:
-            bad = check_finite(atoms, labels)
+            bad = check_finite_fields(fields)
             if bad is not None:
                 raise DataError(f"{where(source, index)} has non-finite (NaN/inf) {bad}; "
                                 "fix or drop that structure (datamodules: nan_policy='skip').")
-        pos = np.asarray(atoms.positions, dtype=np.float64)
-        cell = np.asarray(atoms.cell.array, dtype=np.float64)
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        i, j, shifts = neighbour_list(pos, cell, pbc, r_max, backend, source=source, index=index)
-        n = len(atoms)
+        pos = fields["positions"]
+        cell = fields["cell"]
+        pbc = fields["pbc"]
+        i, j, shifts = neighbour_list(pos, cell, pbc, r_max, backend, source=source, index=index,
+                                      max_neighbors=max_neighbors)
+        n = len(pos)
         data = cls(
-            pos=torch.from_numpy(pos.copy()),
-            atomic_numbers=torch.from_numpy(atoms.numbers.astype(np.int64)),
-            cell=torch.from_numpy(cell.copy()).unsqueeze(0),
-            pbc=torch.from_numpy(pbc.copy()).unsqueeze(0),
+            pos=torch.from_numpy(np.array(pos, dtype=np.float64)),
+            atomic_numbers=torch.from_numpy(np.array(fields["numbers"], dtype=np.int64)),
+            cell=torch.from_numpy(np.array(cell, dtype=np.float64)).unsqueeze(0),
+            pbc=torch.from_numpy(np.array(pbc, dtype=bool)).unsqueeze(0),
             natoms=torch.tensor([n], dtype=torch.long),
             edge_index=torch.from_numpy(np.stack([i, j])),
             cell_shifts=torch.from_numpy(shifts),
-            fixed=torch.from_numpy(fixed_mask(atoms)),
-            tags=torch.from_numpy(np.asarray(atoms.get_tags(), dtype=np.int64).copy()),
+            fixed=torch.from_numpy(np.array(fields["fixed"], dtype=bool)),
+            tags=torch.from_numpy(np.array(fields["tags"], dtype=np.int64)),
         )
-        if "energy" in labels:
-            data.energy = torch.tensor([labels["energy"]], dtype=torch.float64)
-        if "forces" in labels:
-            data.forces = torch.from_numpy(np.array(labels["forces"], dtype=np.float64))
-        if "stress" in labels:
-            data.stress = torch.from_numpy(np.array(labels["stress"])).unsqueeze(0)
+        if fields.get("energy") is not None:
+            data.energy = torch.tensor([float(fields["energy"])], dtype=torch.float64)
+        if fields.get("forces") is not None:
+            data.forces = torch.from_numpy(np.array(fields["forces"], dtype=np.float64))
+        if fields.get("stress") is not None:
+            data.stress = torch.from_numpy(np.array(fields["stress"],
+                                                    dtype=np.float64)).unsqueeze(0)
         for key in ("sid", "fid"):
-            value = _int_info(atoms, key)
-            if value is not None:
-                data[key] = torch.tensor([value], dtype=torch.long)
+            if fields.get(key) is not None:
+                data[key] = torch.tensor([int(fields[key])], dtype=torch.long)
         return data
 
     def edge_vectors(self) -> torch.Tensor:

@@ -22,28 +22,22 @@ from __future__ import annotations
 
 import glob
 import os
-import pickle
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.constraints import FixAtoms
 
 from forcefield.data.errors import DataError
+from forcefield.data.rows import TASK_KEYS, fields_to_atoms, parse_int_id, repair_pyg1
+
+__all__ = ["TASK_KEYS", "expand_sources", "iter_records", "read_structures", "repair_pyg1"]
 
 Record = tuple[Atoms, str, int]
 SourceLike = str | os.PathLike | Sequence[str | os.PathLike]
 
 ASE_DB_SUFFIXES = (".db", ".aselmdb")
 LMDB_SUFFIXES = (".lmdb",)
-TASK_KEYS = {
-    # task -> (energy key, forces key, positions key)
-    "s2ef": ("y", "force", "pos"),
-    "is2re": ("y_relaxed", None, "pos"),
-}
 
 
 # --------------------------------------------------------------------------- sources
@@ -149,10 +143,6 @@ def read_structures(source: SourceLike, **kwargs) -> list[Atoms]:
 
 
 # --------------------------------------------------------------------------- ase.io files
-def _normalise_index(index: str | int | slice) -> str | int | slice:
-    return index
-
-
 def read_ase_file(path: str | os.PathLike, format: str | None = None,
                   index: str | int | slice = ":") -> Iterator[Record]:
     """Frames of any ``ase.io``-readable file; a malformed frame raises a :class:`DataError`
@@ -177,176 +167,34 @@ def read_ase_file(path: str | os.PathLike, format: str | None = None,
 
 
 # --------------------------------------------------------------------------- ASE databases
-def connect_ase_db(path: str | os.PathLike):
-    """Open an ASE database read-only (``.aselmdb`` needs ``ase-db-backends``)."""
-    import ase.db
+def read_ase_db(path: str | os.PathLike) -> Iterator[Record]:
+    """Rows of an ASE database (.db or .aselmdb), decoded by the streaming shard readers
+    (:mod:`forcefield.data.shards`); ``sid``/``fid`` go to ``info``."""
+    from forcefield.data.shards import open_shard
 
     path = Path(path)
-    if path.suffix == ".aselmdb":
-        try:
-            import ase_db_backends  # noqa: F401
-        except ImportError as err:
-            raise DataError(f"'{path}' is an .aselmdb file, which needs the optional "
-                            "package: pip install 'forcefield[oc20]' (ase-db-backends).") from err
-        return ase.db.connect(str(path), readonly=True)
-    return ase.db.connect(str(path), type="db" if path.suffix == ".db" else "extract_from_name",
-                          create_indices=False, use_lock_file=False)
-
-
-def read_ase_db(path: str | os.PathLike, selection=None) -> Iterator[Record]:
-    """Rows of an ASE database; ``sid``/``fid`` (key-value pairs or row data) go to ``info``."""
-    path = Path(path)
-    try:
-        db = connect_ase_db(path)
-        rows = db.select(selection)
-        k = -1
-        for k, row in enumerate(rows):
-            atoms = row.toatoms()
-            for key in ("sid", "fid"):
-                value = row.key_value_pairs.get(key, None)
-                if value is None and getattr(row, "data", None):
-                    value = row.data.get(key)
-                parsed = _parse_int_id(value)
-                if parsed is not None:
-                    atoms.info[key] = parsed
-            yield atoms, str(path), k
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"could not read row {k + 2 if 'k' in locals() else 1} of ASE database "
-                        f"'{path}' ({type(err).__name__}: {err}); check that it is a valid "
-                        "ASE .db/.aselmdb file.") from err
-    if k < 0:
+    shard = open_shard(path)
+    if len(shard) == 0:
         raise DataError(f"ASE database '{path}' has no rows; check the file.")
-
-
-def _parse_int_id(value) -> int | None:
-    if value is None:
-        return None
-    if hasattr(value, "reshape"):
-        value = np.asarray(value).reshape(-1)
-        if value.size != 1:
-            return None
-        value = value[0]
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    m = re.search(r"(\d+)\s*$", str(value))
-    return int(m.group(1)) if m else None
+    for k, fields in enumerate(shard.iter_fields()):
+        yield fields_to_atoms(fields), str(path), k
 
 
 # --------------------------------------------------------------------------- legacy LMDB
-def open_lmdb(path: str | os.PathLike):
-    """Open a legacy OC20 LMDB file read-only (``subdir=False``)."""
-    import lmdb
-
-    path = Path(path)
-    try:
-        return lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
-                         meminit=False, max_readers=64)
-    except lmdb.Error as err:
-        raise DataError(f"could not open LMDB '{path}' ({err}); check that it is an LMDB "
-                        "file written with subdir=False.") from err
-
-
-def repair_pyg1(data):
-    """Rebuild a PyG-1.x pickled ``Data`` (attributes in ``__dict__``, no ``_store``)."""
-    from torch_geometric.data import Data
-
-    if "_store" not in data.__dict__:
-        return Data(**{k: v for k, v in data.__dict__.items() if v is not None})
-    return data
-
-
-def lmdb_length(txn) -> tuple[int, list[bytes]]:
-    raw = txn.get(b"length")
-    if raw is not None:
-        n = int(pickle.loads(raw))
-        return n, [str(i).encode() for i in range(n)]
-    keys = [k for k in txn.cursor().iternext(keys=True, values=False) if k != b"length"]
-    keys.sort(key=lambda b: (len(b), b))
-    return len(keys), keys
-
-
-def _tensor_to_numpy(x):
-    if x is None:
-        return None
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def data_to_atoms(d, task: str = "s2ef", keys: dict[str, str | None] | None = None,
-                  label: str = "record") -> Atoms:
-    """Legacy OC20 ``Data`` -> ``ase.Atoms`` with energy/forces, FixAtoms, tags, sid/fid."""
-    e_key, f_key, p_key = TASK_KEYS[task]
-    if keys:
-        e_key = keys.get("energy", e_key)
-        f_key = keys.get("forces", f_key)
-        p_key = keys.get("positions", p_key)
-    store = {k: d[k] for k in d.keys()}
-    missing = [k for k in (p_key, "atomic_numbers") if k not in store]
-    if missing:
-        raise DataError(f"{label} lacks {missing}; found keys {sorted(store)}; pass "
-                        "lmdb_keys={'positions': ...} if the positions are stored elsewhere.")
-    pos = _tensor_to_numpy(store[p_key]).astype(np.float64).reshape(-1, 3)
-    numbers = np.rint(_tensor_to_numpy(store["atomic_numbers"])).astype(int).reshape(-1)
-    cell = _tensor_to_numpy(store.get("cell"))
-    cell = np.zeros((3, 3)) if cell is None else cell.astype(np.float64).reshape(3, 3)
-    pbc = bool(np.abs(cell).sum() > 0)
-    atoms = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=pbc)
-    if "tags" in store:
-        atoms.set_tags(_tensor_to_numpy(store["tags"]).astype(int).reshape(-1))
-    if "fixed" in store:
-        fixed = _tensor_to_numpy(store["fixed"]).astype(bool).reshape(-1)
-        if fixed.any():
-            atoms.set_constraint(FixAtoms(mask=fixed))
-    results = {}
-    if e_key is not None and e_key in store and store[e_key] is not None:
-        results["energy"] = float(np.asarray(_tensor_to_numpy(store[e_key])).reshape(-1)[0])
-    if f_key is not None and f_key in store and store[f_key] is not None:
-        results["forces"] = _tensor_to_numpy(store[f_key]).astype(np.float64).reshape(-1, 3)
-    if e_key is not None and "energy" not in results:
-        raise DataError(f"{label} has no energy under '{e_key}' (task {task!r}); found keys "
-                        f"{sorted(store)}; pass lmdb_keys={{'energy': <key>}} or the right task.")
-    if results:
-        atoms.calc = SinglePointCalculator(atoms, **results)
-    for key in ("sid", "fid"):
-        parsed = _parse_int_id(store.get(key))
-        if parsed is not None:
-            atoms.info[key] = parsed
-    return atoms
-
-
 def read_legacy_lmdb(path: str | os.PathLike, task: str = "s2ef",
                      keys: dict[str, str | None] | None = None) -> Iterator[Record]:
     """Frames of a legacy OC20 LMDB (pickled PyG ``Data``; PyG-1 pickles repaired).
 
     Security: values are unpickled, which can run arbitrary code: use trusted files only.
     """
+    from forcefield.data.shards import LegacyLmdbShard
+
     path = Path(path)
-    env = open_lmdb(path)
-    try:
-        with env.begin() as txn:
-            n, keys_b = lmdb_length(txn)
-            if n == 0:
-                raise DataError(f"LMDB '{path}' holds no records; check the file.")
-            for k, key in enumerate(keys_b):
-                raw = txn.get(key)
-                label = f"record {key.decode(errors='replace')} of '{path}'"
-                if raw is None:
-                    raise DataError(f"{label} is missing although the 'length' key says {n}; "
-                                    "the LMDB is truncated: rewrite it.")
-                try:
-                    d = repair_pyg1(pickle.loads(raw))
-                except Exception as err:
-                    raise DataError(
-                        f"could not unpickle {label} ({type(err).__name__}: {err}); the record "
-                        "is corrupt or needs a newer torch_geometric.") from err
-                yield data_to_atoms(d, task=task, keys=keys, label=label), str(path), k
-    finally:
-        env.close()
+    shard = LegacyLmdbShard(path)
+    if len(shard) == 0:
+        raise DataError(f"LMDB '{path}' holds no records; check the file.")
+    for k, fields in enumerate(shard.iter_fields(task=task, lmdb_keys=keys)):
+        yield fields_to_atoms(fields), str(path), k
 
 
 # --------------------------------------------------------------------------- raw S2EF
@@ -361,7 +209,7 @@ def read_reference_txt(path: str | os.PathLike) -> list[tuple[int | None, int | 
         try:
             if len(parts) != 3:
                 raise ValueError("expected 3 comma-separated fields")
-            out.append((_parse_int_id(parts[0]), _parse_int_id(parts[1]), float(parts[2])))
+            out.append((parse_int_id(parts[0]), parse_int_id(parts[1]), float(parts[2])))
         except ValueError as err:
             raise DataError(f"line {line_no} of '{path}' is not 'random<sid>,frame<fid>,<energy>'"
                             f" ({err}); fix or regenerate the .txt file.") from err
