@@ -161,8 +161,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
     real = module.compute_loss
     calls = {"n": 0}
 
-    def poisoned(batch, pred, cfg):
-        loss, terms = real(batch, pred, cfg)
+    def poisoned(batch, pred, cfg, **kwargs):
+        loss, terms = real(batch, pred, cfg, **kwargs)
         calls["n"] += 1
         if calls["n"] > 2:  # epoch 0 (2 steps) is fine, epoch 1 diverges
             loss = loss * float("nan")

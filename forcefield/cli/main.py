@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("forcefield.cli.export", "turn a Lightning checkpoint into a deployable model.pt"),
     "md": ("forcefield.cli.md", "run molecular dynamics with a trained model through ASE"),
     "convert": ("forcefield.cli.convert",
-                "rewrite a legacy (pickled) OC20 LMDB into a pickle-free ASE database"),
+                "write sharded .aselmdb + metadata.npz (or one ASE db) from any data source"),
 }
 
 

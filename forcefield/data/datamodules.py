@@ -1,14 +1,23 @@
 """LightningDataModules: 3BPA, OC20 and any ASE-readable files.
 
-All three take plain arguments (Hydra ``_target_`` friendly), build every graph once in
-``setup`` (so loading a batch is just PyG collation), expose ``statistics`` (a
+All three take plain arguments (Hydra ``_target_`` friendly), expose ``statistics`` (a
 :class:`DatasetStatistics` of the training split, cached per dataset) after
 ``setup("fit")`` or via :meth:`compute_statistics`, and ``test_split_names`` in the order
 ``test_dataloader()`` returns its loaders.
+
+Two paths, chosen per split by ``streaming`` ("auto": LMDB / ASE-db sources stream):
+* in memory (small data: 3BPA, extxyz files): every graph is built once in ``setup``, so a
+  batch is just PyG collation;
+* streaming (OC20 scale): a :class:`StreamingDataset` holds numpy indices only, DataLoader
+  workers read rows and build graphs, a :class:`BudgetBatchSampler` packs batches by atom
+  budget (``max_atoms``) or size, and statistics come from the config, a cache or a bounded
+  seeded sample (``stats_samples``), never from a full pass.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,13 +32,22 @@ from forcefield.data.errors import DataError
 from forcefield.data.graphs import build_graphs
 from forcefield.data.paths import embedded_3bpa_dir, embedded_oc20_dir
 from forcefield.data.readers import expand_sources, iter_records, read_ase_file
+from forcefield.data.sampler import BudgetBatchSampler
 from forcefield.data.statistics import (
     DatasetStatistics,
+    StatisticsAccumulator,
     cached_statistics,
     compute_statistics,
     e0s_from_isolated_atoms,
     fingerprint,
+    given_statistics,
+    sample_indices,
+    statistics_from_config,
 )
+from forcefield.data.streaming import StreamingDataset, collate_graphs, is_streamable, seed_worker
+
+log = logging.getLogger(__name__)
+STREAMING_CHOICES = ("auto", True, False)
 
 THREEBPA_TRAIN_SETS = ("300K", "mixedT")
 THREEBPA_TEST_SPLITS = ("300K", "600K", "1200K", "dih")
@@ -59,7 +77,9 @@ class AtomisticDataModule(L.LightningDataModule):
     Common args:
         r_max: neighbour cutoff in Angstrom (must match the model's ``r_max``).
         batch_size: training batch size; ``valid_batch_size`` (default: same) for valid/test.
-        num_workers: DataLoader workers (0 is fast: graphs are precomputed at setup).
+        num_workers: DataLoader workers; None = 0 for in-memory data (graphs are precomputed
+            at setup) and 1 for streamed data (a worker reads and builds graphs while the
+            model trains).
         seed: seeds the train/valid split and the training shuffle.
         energy_key / forces_key / stress_key: label names (None: calculator results, then
             info/arrays "energy"/"REF_energy", ...).
@@ -69,6 +89,19 @@ class AtomisticDataModule(L.LightningDataModule):
             ~/.cache/forcefield); ``stats_cache=False`` keeps them in memory only.
         pin_memory: passed to the DataLoaders.
         neighbour_backend: "vesin" (default) or "ase".
+        max_neighbors: keep each atom's k nearest neighbours (None: all within r_max).
+        max_atoms: pack batches up to this many atoms (None: fixed ``batch_size``).
+        streaming: "auto" (LMDB / ASE-db sources stream), True or False.
+        stats_samples: streaming statistics from a seeded sample of this many training
+            structures (None: all of them).
+        statistics: given values (``species``, ``e0s``, ``mean_interaction_energy_per_atom``,
+            ``force_rms``, ``avg_num_neighbors``, normaliser ``energy_mean``/``energy_std``/
+            ``force_std``); they take precedence, and when complete no data is read.
+        valid_samples: validate on a seeded subset of this many structures.
+        test_samples: test on seeded subsets (an int for every split, or name -> int).
+        persistent_workers / prefetch_factor / multiprocessing_context: DataLoader worker
+            settings (context default "fork" on Linux, else "spawn").
+        progress: show progress bars (metadata indexing, statistics sample).
     """
 
     required_labels: tuple[str, ...] = ("energy", "forces")
@@ -89,6 +122,17 @@ class AtomisticDataModule(L.LightningDataModule):
         stats_cache: bool = True,
         pin_memory: bool = False,
         neighbour_backend: str = "vesin",
+        max_neighbors: int | None = None,
+        max_atoms: int | None = None,
+        streaming: bool | str = "auto",
+        stats_samples: int | None = 20000,
+        statistics: Mapping | None = None,
+        valid_samples: int | None = None,
+        test_samples: int | Mapping | None = None,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = 2,
+        multiprocessing_context: str | None = None,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         if not float(r_max) > 0:
@@ -98,7 +142,7 @@ class AtomisticDataModule(L.LightningDataModule):
         self.r_max = float(r_max)
         self.batch_size = int(batch_size)
         self.valid_batch_size = int(valid_batch_size or batch_size)
-        self.num_workers = int(num_workers)
+        self.num_workers = None if num_workers is None else int(num_workers)
         self.seed = int(seed)
         self.energy_key = energy_key
         self.forces_key = forces_key
@@ -109,9 +153,34 @@ class AtomisticDataModule(L.LightningDataModule):
         self.stats_cache = bool(stats_cache)
         self.pin_memory = bool(pin_memory)
         self.neighbour_backend = neighbour_backend
-        self.train_data: list | None = None
-        self.valid_data: list | None = None
-        self.test_data: dict[str, list] = {}
+        if streaming not in STREAMING_CHOICES:
+            raise DataError(f"streaming must be auto, true or false, got {streaming!r}.")
+        self.streaming = streaming
+        self.max_neighbors = None if max_neighbors is None else int(max_neighbors)
+        if self.max_neighbors is not None and self.max_neighbors < 1:
+            raise DataError(f"max_neighbors must be a positive integer or null, got "
+                            f"{max_neighbors!r}.")
+        self.max_atoms = None if max_atoms is None else int(max_atoms)
+        if self.max_atoms is not None and self.max_atoms < 1:
+            raise DataError(f"max_atoms must be a positive integer or null, got {max_atoms!r}.")
+        self.stats_samples = None if stats_samples is None else int(stats_samples)
+        self.given_statistics = plain_container(statistics)
+        given_statistics(self.given_statistics)  # unknown keys fail here, at construction
+        self.valid_samples = None if valid_samples is None else int(valid_samples)
+        self.test_samples = plain_container(test_samples)
+        self.persistent_workers = bool(persistent_workers)
+        self.prefetch_factor = prefetch_factor
+        contexts = multiprocessing.get_all_start_methods()
+        if multiprocessing_context is None:
+            multiprocessing_context = "fork" if "fork" in contexts else "spawn"
+        if multiprocessing_context not in contexts:
+            raise DataError(f"multiprocessing_context must be one of {contexts}, got "
+                            f"{multiprocessing_context!r}.")
+        self.multiprocessing_context = multiprocessing_context
+        self.progress = bool(progress)
+        self.train_data: list | StreamingDataset | None = None
+        self.valid_data: list | StreamingDataset | None = None
+        self.test_data: dict[str, list | StreamingDataset] = {}
         self._statistics: DatasetStatistics | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -119,7 +188,55 @@ class AtomisticDataModule(L.LightningDataModule):
         return build_graphs(
             records, self.r_max, required=self.required_labels if required is None else required,
             energy_key=self.energy_key, forces_key=self.forces_key, stress_key=self.stress_key,
-            nan_policy=self.nan_policy, backend=self.neighbour_backend, name=name)
+            nan_policy=self.nan_policy, backend=self.neighbour_backend, name=name,
+            max_neighbors=self.max_neighbors)
+
+    def _streams(self, source) -> bool:
+        """Whether ``source`` is read lazily (see ``streaming``)."""
+        if self.streaming is False:
+            return False
+        if self.streaming is True:
+            return True  # StreamingDataset names any file it cannot stream
+        return is_streamable(source)
+
+    def _stream(self, source, name: str) -> StreamingDataset:
+        """A :class:`StreamingDataset` of ``source`` with this module's options."""
+        if self.nan_policy != "error":
+            raise DataError(f"nan_policy={self.nan_policy!r} is not available for streamed data "
+                            f"({name}): rewrite the data without non-finite values, or set "
+                            "data.streaming=false for small data.")
+        return StreamingDataset(
+            source, self.r_max, max_neighbors=self.max_neighbors, task=self._task(),
+            required=self.required_labels, energy_key=self.energy_key,
+            forces_key=self.forces_key, stress_key=self.stress_key, lmdb_keys=self._lmdb_keys(),
+            neighbour_backend=self.neighbour_backend, cache_dir=self.cache_dir,
+            progress=self.progress, name=name)
+
+    def _task(self) -> str:
+        return "s2ef"
+
+    def _lmdb_keys(self):
+        return None
+
+    @staticmethod
+    def _sampled(data, n: int | None, seed: int, what: str):
+        """A seeded subset of ``n`` structures of ``data`` (a list or StreamingDataset)."""
+        if n is None or n >= len(data):
+            return data
+        if n < 1:
+            raise DataError(f"{what} must be a positive integer or null, got {n}.")
+        idx = sample_indices(len(data), n, seed)
+        if isinstance(data, StreamingDataset):
+            return data.subset(idx)
+        return [data[i] for i in idx]
+
+    def _test_sample_size(self, name: str) -> int | None:
+        if self.test_samples is None:
+            return None
+        if isinstance(self.test_samples, Mapping):
+            value = self.test_samples.get(name)
+            return None if value is None else int(value)
+        return int(self.test_samples)
 
     def _setup_fit(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -139,10 +256,17 @@ class AtomisticDataModule(L.LightningDataModule):
         """Build graphs: train/valid for "fit"/"validate" (plus statistics), tests for "test"."""
         if stage in (None, "fit", "validate") and self.train_data is None:
             self._setup_fit()
+            if self.valid_data is not None:
+                self.valid_data = self._sampled(self.valid_data, self.valid_samples,
+                                                self.seed + 2, "valid_samples")
             self._statistics = None
             self.compute_statistics()
         if stage in (None, "test", "predict") and not self.test_data:
             self._setup_test()
+            for name in list(self.test_data):
+                self.test_data[name] = self._sampled(self.test_data[name],
+                                                     self._test_sample_size(name),
+                                                     self.seed + 3, f"test_samples[{name}]")
 
     # ------------------------------------------------------------------ statistics
     def _resolve_e0s(self):
@@ -157,22 +281,77 @@ class AtomisticDataModule(L.LightningDataModule):
         return e0s, None
 
     def compute_statistics(self) -> DatasetStatistics:
-        """Statistics of the training split (float64), cached per dataset and options."""
+        """Statistics of the training split (float64), cached per dataset and options.
+
+        Precedence: values given in ``statistics`` (no pass when they are complete), then
+        the cache, then the data: every structure in memory, or a seeded sample of
+        ``stats_samples`` streamed through the DataLoader workers. The source and sample
+        size are recorded in ``statistics.extra``.
+        """
         if self._statistics is not None:
             return self._statistics
+        fields, extra = given_statistics(self.given_statistics)
+        complete = statistics_from_config(fields)
+        if complete is not None:
+            complete.extra = {**extra, "source": "config"}
+            complete.r_max = self.r_max
+            log.info("statistics: all values given in data.statistics (no pass over the data)")
+            self._statistics = complete
+            return complete
         if self.train_data is None:
             self._setup_fit()
         e0s, src = self._resolve_e0s()
+        if "e0s" in fields:
+            e0s, src = fields["e0s"], "given"
+        streamed = isinstance(self.train_data, StreamingDataset)
+        n_sample = min(len(self.train_data), self.stats_samples or len(self.train_data)) \
+            if streamed else len(self.train_data)
         key = fingerprint(
             self._fit_sources(), cls=type(self).__name__, r_max=self.r_max, e0s=e0s,
             n=len(self.train_data), split=self._split_signature(),
-            keys=(self.energy_key, self.forces_key), nan=self.nan_policy)
+            keys=(self.energy_key, self.forces_key), nan=self.nan_policy,
+            max_neighbors=self.max_neighbors, sample=n_sample if streamed else None)
+        computed = []
 
         def compute():
-            return compute_statistics(self.train_data, e0s, r_max=self.r_max, e0s_source=src)
+            computed.append(True)
+            if streamed:
+                stats = self._sample_statistics(e0s, src, n_sample)
+            else:
+                stats = compute_statistics(self.train_data, e0s, r_max=self.r_max,
+                                           e0s_source=src)
+                stats.extra = {"sample_size": len(self.train_data)}
+            return stats
 
-        self._statistics = cached_statistics(key, compute, self.cache_dir, self.stats_cache)
-        return self._statistics
+        stats = cached_statistics(key, compute, self.cache_dir, self.stats_cache)
+        stats = DatasetStatistics.from_dict(stats.to_dict())  # the cached copy stays intact
+        source = ("sample" if streamed and n_sample < len(self.train_data) else "full") \
+            if computed else "cache"
+        for name, value in fields.items():
+            if name == "e0s":
+                continue
+            setattr(stats, name, value)
+        stats.extra = {**stats.extra, **extra, "source": source,
+                       "given": sorted(fields) + sorted(extra)}
+        log.info("statistics: %s (%d of %d training structures)", source,
+                 stats.extra.get("sample_size", n_sample), len(self.train_data))
+        self._statistics = stats
+        return stats
+
+    def _sample_statistics(self, e0s, e0s_source, n_sample: int) -> DatasetStatistics:
+        """Float64 statistics of a seeded sample streamed through the DataLoader workers."""
+        from tqdm.auto import tqdm
+
+        data = self.train_data.subset(sample_indices(len(self.train_data), n_sample, self.seed))
+        sampler = BudgetBatchSampler(data.natoms, batch_size=max(self.batch_size, 16),
+                                     shuffle=False, pad=False)
+        acc = StatisticsAccumulator()
+        loader = self._make_loader(data, sampler, persistent=False)
+        for batch in tqdm(loader, desc="statistics", unit="batches", disable=not self.progress,
+                          mininterval=1.0):
+            acc.update(batch)
+        return acc.finish(e0s, r_max=self.r_max, e0s_source=e0s_source,
+                          extra={"sample_size": int(n_sample), "sample_seed": self.seed})
 
     def _split_signature(self) -> str:
         return f"seed={self.seed}"
@@ -183,11 +362,41 @@ class AtomisticDataModule(L.LightningDataModule):
         return self.compute_statistics()
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, data: list, shuffle: bool, batch_size: int) -> DataLoader:
+    def _workers(self, data) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return 1 if isinstance(data, StreamingDataset) else 0
+
+    def _make_loader(self, data, batch_sampler: BudgetBatchSampler, persistent: bool = True):
+        """A torch DataLoader over ``data`` with a batch sampler and this module's workers."""
+        from torch.utils.data import DataLoader as TorchLoader
+
+        workers = self._workers(data)
+        kwargs = {}
+        if workers > 0:
+            kwargs = {"persistent_workers": self.persistent_workers and persistent,
+                      "prefetch_factor": self.prefetch_factor,
+                      "multiprocessing_context": self.multiprocessing_context,
+                      "worker_init_fn": seed_worker}
+        return TorchLoader(data, batch_sampler=batch_sampler, num_workers=workers,
+                           collate_fn=collate_graphs, pin_memory=self.pin_memory, **kwargs)
+
+    def _loader(self, data, shuffle: bool, batch_size: int):
+        if isinstance(data, StreamingDataset) or self.max_atoms is not None:
+            natoms = data.natoms if isinstance(data, StreamingDataset) else np.array(
+                [int(g.num_nodes) for g in data], dtype=np.int32)
+            sampler = BudgetBatchSampler(
+                natoms, max_atoms=self.max_atoms, batch_size=batch_size, shuffle=shuffle,
+                seed=self.seed, pad=shuffle)
+            if sampler.oversized:
+                log.warning("%d structure(s) have more atoms than data.max_atoms=%d; each gets "
+                            "a batch of its own", sampler.oversized, self.max_atoms)
+            return self._make_loader(data, sampler)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        workers = self._workers(data)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, generator=generator)
+                          num_workers=workers, pin_memory=self.pin_memory,
+                          persistent_workers=workers > 0, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_data is None:
@@ -214,7 +423,8 @@ def _split_indices(n: int, n_valid: int, seed: int) -> tuple[np.ndarray, np.ndar
     return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
 
 
-def _fraction_split(data: list, fraction: float, seed: int, what: str) -> tuple[list, list]:
+def _fraction_split(data, fraction: float, seed: int, what: str) -> tuple:
+    """A seeded (train, held-out) split of a list or a StreamingDataset (views, no copies)."""
     if not 0.0 < fraction < 1.0:
         raise DataError(f"{what} must be between 0 and 1 (exclusive), got {fraction!r}.")
     n_valid = max(1, int(round(fraction * len(data))))
@@ -222,6 +432,8 @@ def _fraction_split(data: list, fraction: float, seed: int, what: str) -> tuple[
         raise DataError(f"splitting {len(data)} structure(s) with {what}={fraction} leaves an "
                         "empty training split; provide more data or an explicit valid set.")
     train_idx, valid_idx = _split_indices(len(data), n_valid, seed)
+    if isinstance(data, StreamingDataset):
+        return data.subset(train_idx), data.subset(valid_idx)
     return [data[i] for i in train_idx], [data[i] for i in valid_idx]
 
 
@@ -265,12 +477,13 @@ class ThreeBPADataModule(AtomisticDataModule):
         stats_cache: bool = True,
         pin_memory: bool = False,
         neighbour_backend: str = "vesin",
+        **options,
     ) -> None:
         super().__init__(r_max=r_max, batch_size=batch_size, valid_batch_size=valid_batch_size,
                          num_workers=num_workers, seed=seed, energy_key=energy_key,
                          forces_key=forces_key, nan_policy=nan_policy, e0s=e0s,
                          cache_dir=cache_dir, stats_cache=stats_cache, pin_memory=pin_memory,
-                         neighbour_backend=neighbour_backend)
+                         neighbour_backend=neighbour_backend, **options)
         self.root = Path(root).expanduser() if root else embedded_3bpa_dir()
         if not self.root.is_dir():
             raise DataError(f"3BPA root '{self.root}' is not a directory; set data.root to the "
@@ -419,12 +632,13 @@ class ASEDataModule(AtomisticDataModule):
         stats_cache: bool = True,
         pin_memory: bool = False,
         neighbour_backend: str = "vesin",
+        **options,
     ) -> None:
         super().__init__(r_max=r_max, batch_size=batch_size, valid_batch_size=valid_batch_size,
                          num_workers=num_workers, seed=seed, energy_key=energy_key,
                          forces_key=forces_key, stress_key=stress_key, nan_policy=nan_policy,
                          e0s=e0s, cache_dir=cache_dir, stats_cache=stats_cache,
-                         pin_memory=pin_memory, neighbour_backend=neighbour_backend)
+                         pin_memory=pin_memory, neighbour_backend=neighbour_backend, **options)
         self.train = plain_container(train)  # None: test sources only (evaluation)
         self.valid = plain_container(valid)
         self.test_sources = _named_sources(test)
@@ -434,6 +648,13 @@ class ASEDataModule(AtomisticDataModule):
 
     def _records(self, source):
         return iter_records(source, index=self.index)
+
+    def _split_data(self, source, name: str):
+        """One split: a StreamingDataset (LMDB / ASE-db sources, see ``streaming``) or the
+        list of its graphs built in memory."""
+        if self._streams(source):
+            return self._stream(source, name)
+        return self._build(self._records(source), name)
 
     def _fit_sources(self) -> list[Path]:
         paths = expand_sources(self.train)
@@ -455,15 +676,14 @@ class ASEDataModule(AtomisticDataModule):
         if self.train is None:
             raise DataError("no training data given; set data.train to a file, directory, glob "
                             "or list of those.")
-        data = self._build(self._records(self.train), f"training data {self.train!r}")
+        data = self._split_data(self.train, f"training data {self.train!r}")
         self._held_out_test = None
         if not self.test_sources and self.test_fraction > 0:
             data, self._held_out_test = _fraction_split(data, self.test_fraction, self.seed + 1,
                                                         "test_fraction")
         if self.valid is not None:
             self.train_data = data
-            self.valid_data = self._build(self._records(self.valid),
-                                          f"validation data {self.valid!r}")
+            self.valid_data = self._split_data(self.valid, f"validation data {self.valid!r}")
         else:
             self.train_data, self.valid_data = _fraction_split(data, self.valid_fraction,
                                                                self.seed, "valid_fraction")
@@ -471,8 +691,8 @@ class ASEDataModule(AtomisticDataModule):
     def _setup_test(self) -> None:
         if self.test_sources:
             for name, source in self.test_sources.items():
-                self.test_data[name] = self._build(self._records(source),
-                                                   f"test split '{name}' ({source!r})")
+                self.test_data[name] = self._split_data(source, f"test split '{name}' "
+                                                                f"({source!r})")
             return
         if self.test_fraction > 0:
             if self.train_data is None:
@@ -527,6 +747,7 @@ class OC20DataModule(ASEDataModule):
         stats_cache: bool = True,
         pin_memory: bool = False,
         neighbour_backend: str = "vesin",
+        **options,
     ) -> None:
         if task not in ("s2ef", "is2re"):
             raise DataError(f"task must be 's2ef' or 'is2re', got {task!r}.")
@@ -541,7 +762,7 @@ class OC20DataModule(ASEDataModule):
                          test_fraction=test_fraction, e0s=e0s, energy_key=energy_key,
                          forces_key=forces_key, nan_policy=nan_policy, cache_dir=cache_dir,
                          stats_cache=stats_cache, pin_memory=pin_memory,
-                         neighbour_backend=neighbour_backend)
+                         neighbour_backend=neighbour_backend, **options)
         self.task = task
         self.subtract_reference = bool(subtract_reference)
         self.lmdb_keys = plain_container(lmdb_keys)
@@ -558,6 +779,12 @@ class OC20DataModule(ASEDataModule):
                     if key in g:
                         del g[key]
         return graphs
+
+    def _task(self) -> str:
+        return self.task
+
+    def _lmdb_keys(self):
+        return self.lmdb_keys
 
     def _records(self, source):
         return iter_records(source, task=self.task, index=self.index,

@@ -23,11 +23,13 @@ def build_graphs(
     nan_policy: str = "error",
     backend: str = "vesin",
     name: str = "dataset",
+    max_neighbors: int | None = None,
 ) -> list[AtomicData]:
     """Graphs for ``(atoms, source, index)`` records.
 
     ``nan_policy="error"`` raises on NaN/inf positions or labels naming the structure;
-    ``"skip"`` drops such structures with a warning. Optional labels (stress, sid, fid)
+    ``"skip"`` drops such structures with a warning. ``max_neighbors`` caps each atom at
+    its k nearest neighbours. Optional labels (stress, sid, fid)
     present in only some structures are dropped from all of them (with a warning) so that
     batches collate. An empty result raises :class:`DataError`.
     """
@@ -48,7 +50,8 @@ def build_graphs(
                             "to drop such structures with a warning.")
         graphs.append(AtomicData.from_ase(
             atoms, r_max, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key,
-            backend=backend, source=source, index=index, check_labels=False))
+            backend=backend, source=source, index=index, check_labels=False,
+            max_neighbors=max_neighbors))
     if skipped:
         warnings.warn(f"{name}: skipped {len(skipped)} structure(s) with non-finite values: "
                       + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),

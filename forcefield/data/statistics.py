@@ -214,3 +214,185 @@ def cached_statistics(key: str, compute, cache_dir: str | os.PathLike | None = N
         except OSError:
             pass  # read-only home: memory cache only
     return stats
+
+
+# --------------------------------------------------------------------------- bounded sample
+MAX_Z = 119
+
+
+class StatisticsAccumulator:
+    """Streaming float64 sums from which :class:`DatasetStatistics` follow exactly.
+
+    Per structure with composition ``c`` (atoms per element), energy ``E`` and ``N`` atoms it
+    accumulates the normal equations ``X^T X += c c^T`` and ``X^T y += c E`` of the E0 fit,
+    ``sum E/N`` and ``sum c/N`` (so the mean interaction energy per atom follows for any
+    E0s without a second pass), the squared free-atom force components, and edge counts.
+    Memory is O(Z^2), independent of the number of structures.
+    """
+
+    def __init__(self) -> None:
+        self.xtx = np.zeros((MAX_Z, MAX_Z))
+        self.xty = np.zeros(MAX_Z)
+        self.c_over_n = np.zeros(MAX_Z)
+        self.e_over_n = 0.0
+        self.species_count = np.zeros(MAX_Z, dtype=np.int64)
+        self.structures = 0
+        self.with_energy = 0
+        self.atoms = 0
+        self.edges = 0
+        self.force_sq = 0.0
+        self.force_count = 0
+
+    def update(self, batch) -> None:
+        """Add a PyG batch (or one graph) of :class:`AtomicData`."""
+        z = batch.atomic_numbers.numpy().astype(np.int64)
+        graph = batch.batch.numpy() if "batch" in batch else np.zeros(len(z), dtype=np.int64)
+        n_graphs = int(graph.max()) + 1 if len(graph) else 0
+        comp = np.zeros((n_graphs, MAX_Z))
+        np.add.at(comp, (graph, z), 1.0)
+        natoms = comp.sum(axis=1)
+        self.species_count += comp.sum(axis=0).astype(np.int64)
+        self.structures += n_graphs
+        self.atoms += int(natoms.sum())
+        self.edges += int(batch.edge_index.shape[1])
+        if getattr(batch, "energy", None) is not None:
+            e = batch.energy.numpy().astype(np.float64).reshape(-1)
+            self.xtx += comp.T @ comp
+            self.xty += comp.T @ e
+            self.c_over_n += (comp / natoms[:, None]).sum(axis=0)
+            self.e_over_n += float(np.sum(e / natoms))
+            self.with_energy += n_graphs
+        if getattr(batch, "forces", None) is not None:
+            f = batch.forces.numpy().astype(np.float64)
+            if getattr(batch, "fixed", None) is not None:
+                f = f[~batch.fixed.numpy().astype(bool)]
+            self.force_sq += float(np.sum(f * f))
+            self.force_count += f.size
+
+    def species(self) -> list[int]:
+        return [int(z) for z in np.nonzero(self.species_count)[0]]
+
+    def e0s_least_squares(self) -> dict[int, float]:
+        """E0s from the normal equations (equal to ``lstsq`` of the composition matrix)."""
+        species = self.species()
+        if self.with_energy == 0:
+            raise DataError("cannot fit E0s: the sampled structures have no energy labels.")
+        a = self.xtx[np.ix_(species, species)]
+        rank = np.linalg.matrix_rank(a)
+        if rank < len(species):
+            raise DataError(
+                f"cannot fit E0s by least squares: the composition matrix is rank-deficient "
+                f"(rank {rank} for {len(species)} elements {species}); give E0s instead "
+                "(data.e0s: a dict Z->eV, an isolated-atoms file, or zero).")
+        sol = np.linalg.solve(a, self.xty[species])
+        return {z: float(v) for z, v in zip(species, sol, strict=True)}
+
+    def finish(self, e0s, *, r_max: float | None = None, e0s_source: str | None = None,
+               extra: dict | None = None) -> DatasetStatistics:
+        """The statistics for ``e0s`` ("least_squares", None/"zero" or a dict Z->eV)."""
+        if self.structures == 0:
+            raise DataError("cannot compute statistics of an empty sample; check the data.")
+        species = self.species()
+        if isinstance(e0s, str) and e0s == "least_squares":
+            e0 = self.e0s_least_squares()
+            src = "least_squares"
+        elif e0s is None or (isinstance(e0s, str) and e0s == "zero"):
+            e0, src = {z: 0.0 for z in species}, "zero"
+        elif isinstance(e0s, Mapping):
+            e0 = {int(z): float(v) for z, v in e0s.items()}
+            missing = [z for z in species if z not in e0]
+            if missing:
+                raise DataError(f"the E0s given cover elements {sorted(e0)} but the data also "
+                                f"has {missing}; add isolated-atom energies for them.")
+            src = e0s_source or "given"
+        else:
+            raise DataError(f"e0s must be a dict Z->eV, 'least_squares' or None, got {e0s!r}.")
+        mean_inter = 0.0
+        if self.with_energy:
+            e0_vec = np.zeros(MAX_Z)
+            for z, v in e0.items():
+                if 0 <= int(z) < MAX_Z:
+                    e0_vec[int(z)] = v
+            mean_inter = float((self.e_over_n - self.c_over_n @ e0_vec) / self.with_energy)
+        return DatasetStatistics(
+            species=species,
+            e0s={z: e0[z] for z in sorted(e0)},
+            mean_interaction_energy_per_atom=mean_inter,
+            force_rms=float(np.sqrt(self.force_sq / self.force_count)) if self.force_count
+            else 0.0,
+            avg_num_neighbors=float(self.edges / self.atoms) if self.atoms else 0.0,
+            num_structures=int(self.structures),
+            num_atoms=int(self.atoms),
+            e0s_source=src,
+            r_max=r_max,
+            extra=dict(extra or {}),
+        )
+
+
+def sample_indices(n: int, sample_size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of ``sample_size`` of ``n`` structures (all of them
+    when ``sample_size`` is None or >= n); O(sample_size) work, no permutation of n."""
+    if sample_size is None or int(sample_size) >= n:
+        return np.arange(n, dtype=np.int64)
+    if int(sample_size) < 1:
+        raise DataError(f"stats_samples must be a positive integer or null, got {sample_size}.")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=int(sample_size), replace=False)).astype(np.int64)
+
+
+#: the OC20 S2EF normaliser of every fairchem S2EF config (energies referenced: zero E0s)
+OC20_S2EF_NORMALIZER = {"energy_mean": -0.7554450631141663, "energy_std": 2.887317180633545,
+                        "force_std": 2.887317180633545}
+
+
+STAT_FIELDS = ("species", "e0s", "mean_interaction_energy_per_atom", "force_rms",
+               "avg_num_neighbors")
+
+
+def given_statistics(given: Mapping | None) -> tuple[dict, dict]:
+    """Split a ``data.statistics`` mapping into DatasetStatistics fields and extras.
+
+    Accepted keys: ``species``, ``e0s`` (dict Z->eV or "zero"),
+    ``mean_interaction_energy_per_atom``, ``force_rms``, ``avg_num_neighbors`` and the
+    normaliser ``energy_mean``, ``energy_std``, ``force_std`` (kept in ``extra``;
+    ``force_std`` also fills ``force_rms``).
+    """
+    if not given:
+        return {}, {}
+    allowed = set(STAT_FIELDS) | set(OC20_S2EF_NORMALIZER)
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise DataError(f"unknown key(s) {unknown} in data.statistics; allowed: "
+                        f"{sorted(allowed)}.")
+    fields = {k: given[k] for k in STAT_FIELDS if given.get(k) is not None}
+    extra = {k: float(given[k]) for k in OC20_S2EF_NORMALIZER if given.get(k) is not None}
+    if "force_rms" not in fields and "force_std" in extra:
+        fields["force_rms"] = extra["force_std"]
+    if isinstance(fields.get("e0s"), str):
+        if fields["e0s"] != "zero":
+            raise DataError("data.statistics.e0s must be a dict Z->eV or 'zero'.")
+    elif "e0s" in fields:
+        fields["e0s"] = {int(z): float(v) for z, v in dict(fields["e0s"]).items()}
+    if "species" in fields:
+        fields["species"] = sorted(int(z) for z in fields["species"])
+    return fields, extra
+
+
+def statistics_from_config(fields: Mapping) -> DatasetStatistics | None:
+    """Complete statistics from given fields alone (no pass over the data), else None."""
+    if not all(k in fields for k in STAT_FIELDS):
+        return None
+    species = list(fields["species"])
+    e0s = fields["e0s"]
+    if isinstance(e0s, str):
+        e0s = {z: 0.0 for z in species}
+    missing = [z for z in species if z not in e0s]
+    if missing:
+        raise DataError(f"data.statistics.e0s lacks elements {missing} of data.statistics."
+                        "species; give an energy for each.")
+    return DatasetStatistics(
+        species=species, e0s={int(z): float(e0s[z]) for z in sorted(e0s)},
+        mean_interaction_energy_per_atom=float(fields["mean_interaction_energy_per_atom"]),
+        force_rms=float(fields["force_rms"]),
+        avg_num_neighbors=float(fields["avg_num_neighbors"]),
+        e0s_source="given")

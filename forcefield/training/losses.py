@@ -5,14 +5,17 @@
       + w_S * mean over stress components (S_pred - S_ref)^2      (when labelled)
 
 With ``kind="huber"`` each squared error is replaced by the Huber function with
-threshold ``huber_delta``. Fixed atoms never enter the force term. Errors are
+threshold ``huber_delta``. Fixed atoms never enter the force term. Under DDP each mean is
+taken over the elements of *all* ranks (one all-reduce of the three counts per step), so
+ranks holding different numbers of atoms (atom-budget batches) still give the exact
+per-atom mean after DDP averages the gradients. Errors are
 formed in float64 so that a float32 model still subtracts total energies of
 ~ -17660 eV exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,43 +36,61 @@ class LossConfig:
             raise ValueError(f"training.loss.kind must be 'mse' or 'huber', got {self.kind!r}")
 
 
-def _penalty(diff: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    if diff.numel() == 0:
-        return diff.sum()
+def _elementwise(diff: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     if cfg.kind == "huber":
         return torch.nn.functional.huber_loss(
-            diff, torch.zeros_like(diff), reduction="mean", delta=cfg.huber_delta
+            diff, torch.zeros_like(diff), reduction="none", delta=cfg.huber_delta
         )
-    return (diff**2).mean()
+    return diff**2
 
 
 def compute_loss(
-    batch, pred: Mapping[str, torch.Tensor], cfg: LossConfig
+    batch, pred: Mapping[str, torch.Tensor], cfg: LossConfig,
+    reduce_counts: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Return (total loss, {"energy": ..., "forces": ..., "stress": ...} unweighted terms)."""
-    terms: dict[str, torch.Tensor] = {}
-    total = None
+    """Return (total loss, {"energy": ..., "forces": ..., "stress": ...} unweighted terms).
+
+    ``reduce_counts`` (DDP): maps this rank's element counts [3] to (global counts, world
+    size); each term becomes ``sum_local * world / count_global``, whose DDP-averaged
+    gradient is that of the global mean.
+    """
+    elements: dict[str, torch.Tensor] = {}
     if cfg.energy_weight > 0 and getattr(batch, "energy", None) is not None:
         natoms = _num_atoms(batch)
         diff = (pred["energy"].to(torch.float64).reshape(-1)
                 - batch.energy.to(torch.float64).reshape(-1)) / natoms
-        terms["energy"] = _penalty(diff, cfg)
-        total = cfg.energy_weight * terms["energy"]
+        elements["energy"] = _elementwise(diff, cfg)
     if cfg.forces_weight > 0 and getattr(batch, "forces", None) is not None:
         free = free_atom_mask(batch)
         diff = (pred["forces"].to(torch.float64) - batch.forces.to(torch.float64))[free]
-        terms["forces"] = _penalty(diff, cfg)
-        part = cfg.forces_weight * terms["forces"]
-        total = part if total is None else total + part
+        elements["forces"] = _elementwise(diff, cfg)
     if (cfg.stress_weight > 0 and getattr(batch, "stress", None) is not None
             and pred.get("stress") is not None):
         diff = pred["stress"].to(torch.float64) - batch.stress.to(torch.float64)
-        terms["stress"] = _penalty(diff, cfg)
-        part = cfg.stress_weight * terms["stress"]
-        total = part if total is None else total + part
-    if total is None:
+        elements["stress"] = _elementwise(diff, cfg)
+    if not elements and reduce_counts is None:
         raise ValueError(
             "the batch has no energy or forces labels with a nonzero loss weight; "
             "check the data's energy/forces keys and training.loss weights"
         )
+    names = ("energy", "forces", "stress")
+    local = torch.tensor([float(elements[k].numel()) if k in elements else 0.0 for k in names],
+                         dtype=torch.float64)
+    world = 1
+    counts = local
+    if reduce_counts is not None:  # every rank calls this once per step, whatever it holds
+        counts, world = reduce_counts(local)
+    weights = {"energy": cfg.energy_weight, "forces": cfg.forces_weight,
+               "stress": cfg.stress_weight}
+    terms: dict[str, torch.Tensor] = {}
+    total = None
+    for k, name in enumerate(names):
+        if name not in elements:
+            continue
+        n = float(counts[k])
+        terms[name] = elements[name].sum() * (world / n) if n > 0 else elements[name].sum()
+        part = weights[name] * terms[name]
+        total = part if total is None else total + part
+    if total is None:  # DDP: nothing labelled on this rank this step, but others have labels
+        total = pred["energy"].sum() * 0.0
     return total, terms

@@ -134,7 +134,9 @@ class ForceFieldModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         pred = self.predict_batch(self.model, batch, training=True)
-        loss, terms = compute_loss(batch, pred, self.loss_cfg)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        loss, terms = compute_loss(batch, pred, self.loss_cfg,
+                                   reduce_counts=_all_reduce_counts if distributed else None)
         if not self._all_finite(loss):
             raise NonFiniteLossError(
                 f"the training loss became {float(loss.detach())} at epoch {self.current_epoch}, "
@@ -386,6 +388,16 @@ class ForceFieldModule(pl.LightningModule):
 
 def _constant_one(step: int) -> float:
     return 1.0
+
+
+def _all_reduce_counts(local: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum this step's loss element counts over DDP ranks (one small all-reduce)."""
+    counts = local.clone()
+    backend = torch.distributed.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+    counts = counts.to(device)
+    torch.distributed.all_reduce(counts)
+    return counts.cpu(), torch.distributed.get_world_size()
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -101,7 +101,13 @@ def rebuild_loader(loader, shuffle: bool, rank: int, world_size: int, seed: int,
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    if getattr(loader, "batch_size", None) is None:  # custom batch sampler: keep it
+    from forcefield.data.sampler import BudgetBatchSampler
+
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, BudgetBatchSampler):  # DDP-aware itself: tell it the rank
+        batch_sampler.set_distributed(world_size, rank)
+        return loader
+    if getattr(loader, "batch_size", None) is None:  # another custom batch sampler: keep it
         return loader
     if shuffle or repeat:
         sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
@@ -142,11 +148,13 @@ def check_species(names: Sequence[str], loaders: Sequence, species: Sequence[int
     sentence naming the split, the element and the fix (not a traceback mid-epoch)."""
     from ase.data import chemical_symbols
 
+    from forcefield.data.streaming import StreamingDataset
+
     known = {int(z) for z in species}
     for name, loader in zip(names, loaders, strict=True):
-        dataset = getattr(loader, "dataset", None) or []
-        if not len(dataset):
-            continue
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None or isinstance(dataset, StreamingDataset) or not len(dataset):
+            continue  # streamed splits are not read in advance
         numbers = torch.cat([g.atomic_numbers for g in dataset])
         unknown = sorted({int(z) for z in torch.unique(numbers).tolist()} - known)
         if unknown:
@@ -344,6 +352,12 @@ def train(cfg: DictConfig) -> int:
                   val_loaders, model.species, "validation")
     has_val = len(val_loaders) > 0
     ckpt_cb, interrupt_cb, callbacks = _callbacks(out, has_val)
+    from forcefield.data.sampler import BudgetBatchSampler
+
+    if isinstance(getattr(train_loader, "batch_sampler", None), BudgetBatchSampler):
+        from forcefield.training.callbacks import BatchSamplerResume
+
+        callbacks.append(BatchSamplerResume(train_loader.batch_sampler))
     trainer = build_trainer(to_container(cfg.trainer), out, callbacks)
     rank, world = trainer.global_rank, trainer.world_size
     train_loader = rebuild_loader(train_loader, True, rank, world, seed)
@@ -358,6 +372,8 @@ def train(cfg: DictConfig) -> int:
 
         save_yaml(resolved, out / "config.yaml")
         _echo(f"forcefield train: run directory {out}")
+        if stats is not None and getattr(stats, "extra", None):
+            _echo(f"statistics: {describe_statistics_source(stats)}")
         if stats is not None and hasattr(stats, "to_dict"):
             atomic_write_json(out / "statistics.json", _jsonable(stats.to_dict()))
     csv_path = out / "metrics.csv"
@@ -442,6 +458,21 @@ def train(cfg: DictConfig) -> int:
         _echo(format_table(results, oc20=oc20))
     _echo(f"\nfit time {fit_time / 60:.1f} min; run directory: {out}")
     return 0
+
+
+def describe_statistics_source(stats) -> str:
+    """One line saying where the training statistics came from (config, cache, sample)."""
+    extra = stats.extra
+    source = extra.get("source", "data")
+    n = extra.get("sample_size")
+    text = {"config": "given in data.statistics (no pass over the data)",
+            "cache": "from the statistics cache",
+            "sample": f"from a seeded sample of {n} training structures",
+            "full": f"from all {n} training structures"}.get(source, source)
+    given = [g for g in extra.get("given", []) if g]
+    if given and source != "config":
+        text += f"; given in data.statistics: {', '.join(given)}"
+    return text
 
 
 def test_loaders_or_empty(dm) -> tuple[list[str], list]:
