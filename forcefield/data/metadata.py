@@ -19,7 +19,7 @@ import numpy as np
 
 from forcefield.atomic_io import atomic_path
 from forcefield.data.errors import DataError
-from forcefield.data.shards import Shard, open_shard
+from forcefield.data.shards import Shard, close_lmdb_envs, open_shard
 
 METADATA_NAME = "metadata.npz"
 
@@ -159,10 +159,11 @@ def build_metadata(directory: str | os.PathLike, cache_dir: str | os.PathLike | 
         for shard in shards:
             for start in range(0, len(shard), 512):
                 stop = min(start + 512, len(shard))
-                for fields in _count_rows(shard, range(start, stop)):
-                    natoms[k] = fields
+                for count in _count_rows(shard, range(start, stop)):
+                    natoms[k] = count
                     k += 1
                 bar.update(stop - start)
+            close_lmdb_envs(shard.path)  # a sequential pass: keep no handle
     arrays = {"natoms": natoms, "shard_names": np.array([p.name for p in paths]),
               "shard_lengths": np.array([len(s) for s in shards], dtype=np.int64)}
     target = directory / METADATA_NAME

@@ -14,6 +14,7 @@ spawn alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -60,6 +61,28 @@ def lmdb_env(path: str | os.PathLike):
     return env
 
 
+@contextlib.contextmanager
+def _peek_env(path: Path, what: str):
+    """This process's open environment for ``path``, or a temporary one closed at the end
+    (the parent reads a shard's length without keeping a handle that workers would inherit)."""
+    import lmdb
+
+    entry = _ENVS.get(os.fspath(path))
+    if entry is not None and entry[0] == os.getpid():
+        yield entry[1]
+        return
+    try:
+        env = lmdb.open(os.fspath(path), subdir=False, readonly=True, lock=False,
+                        readahead=False, meminit=False)
+    except lmdb.Error as err:
+        raise DataError(f"could not open {what} '{path}' ({err}); check that it is an LMDB "
+                        "file written with subdir=False.") from err
+    try:
+        yield env
+    finally:
+        env.close()
+
+
 def close_lmdb_envs(path: str | os.PathLike | None = None) -> None:
     """Close this process's environment for ``path`` (or all of them), so that another
     library can open the file (py-lmdb allows one environment per path per process)."""
@@ -104,20 +127,9 @@ class AseLmdbShard(Shard):
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
-        import lmdb
-
-        try:  # a temporary environment, closed before any worker forks
-            env = lmdb.open(os.fspath(self.path), subdir=False, readonly=True, lock=False,
-                            readahead=False, meminit=False)
-        except lmdb.Error as err:
-            raise DataError(f"could not open shard '{self.path}' ({err}); check that it is an "
-                            ".aselmdb file.") from err
-        try:
-            with env.begin() as txn:
-                nextid_raw = txn.get(b"nextid")
-                deleted_raw = txn.get(b"deleted_ids")
-        finally:
-            env.close()
+        with _peek_env(self.path, "shard") as env, env.begin() as txn:
+            nextid_raw = txn.get(b"nextid")
+            deleted_raw = txn.get(b"deleted_ids")
         nextid = 1 if nextid_raw is None else int(
             decode_aselmdb_value(nextid_raw, f"the 'nextid' key of '{self.path}'"))
         deleted = [] if deleted_raw is None else decode_aselmdb_value(
@@ -165,27 +177,12 @@ class LegacyLmdbShard(Shard):
         super().__init__(path)
         import pickle
 
-        import lmdb
-
-        try:
-            env = lmdb.open(os.fspath(self.path), subdir=False, readonly=True, lock=False,
-                            readahead=False, meminit=False)
-        except lmdb.Error as err:
-            raise DataError(f"could not open LMDB '{self.path}' ({err}); check that it is an "
-                            "LMDB file written with subdir=False.") from err
-        try:
-            with env.begin() as txn:
-                raw = txn.get(b"length")
-                if raw is not None:
-                    n = int(pickle.loads(raw))
-                else:
-                    n = int(env.stat()["entries"])
-                if n and (txn.get(b"0") is None or txn.get(str(n - 1).encode()) is None):
-                    raise DataError(
-                        f"LMDB '{self.path}' does not store its {n} records under the keys "
-                        "0..n-1; rewrite it with forcefield convert.")
-        finally:
-            env.close()
+        with _peek_env(self.path, "LMDB") as env, env.begin() as txn:
+            raw = txn.get(b"length")
+            n = int(pickle.loads(raw)) if raw is not None else int(env.stat()["entries"])
+            if n and (txn.get(b"0") is None or txn.get(str(n - 1).encode()) is None):
+                raise DataError(f"LMDB '{self.path}' does not store its {n} records under the "
+                                "keys 0..n-1; rewrite it with forcefield convert.")
         self.length = n
 
     def read(self, locals_: Sequence[int], **options) -> list[dict[str, Any]]:
