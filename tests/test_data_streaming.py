@@ -220,6 +220,9 @@ def test_max_neighbors_keeps_the_k_nearest(repo_data, k):
         pos, cell = atoms.positions, atoms.cell.array
         full = neighbour_list(pos, cell, atoms.pbc, 12.0)
         capped = neighbour_list(pos, cell, atoms.pbc, 12.0, max_neighbors=k)
+        by_ase = neighbour_list(pos, cell, atoms.pbc, 12.0, max_neighbors=k, backend="ase")
+        for a, b in zip(capped, by_ase, strict=True):  # the same edges in the same order
+            assert np.array_equal(a, b)
         full_set = {(a, b, *s) for a, b, s in zip(full[0], full[1], full[2].tolist(),
                                                    strict=True)}
         capped_set = {(a, b, *s) for a, b, s in zip(capped[0], capped[1], capped[2].tolist(),
@@ -270,7 +273,8 @@ def test_normal_equation_e0s_equal_lstsq():
                   + rng.normal())
         rows.append([np.sum(z == s) for s in species])
         energies.append(e)
-        graphs.append(Data(atomic_numbers=torch.tensor(z), energy=torch.tensor([e], dtype=torch.float64),
+        graphs.append(Data(atomic_numbers=torch.tensor(z),
+                           energy=torch.tensor([e], dtype=torch.float64),
                            edge_index=torch.zeros(2, 0, dtype=torch.long),
                            pos=torch.zeros(len(z), 3)))
     acc.update(Batch.from_data_list(graphs))

@@ -90,7 +90,11 @@ def neighbour_list(
         from vesin import NeighborList
 
         nl = NeighborList(cutoff=float(r_max), full_list=True, sorted=True)
-        i, j, shifts = nl.compute(points=pos, box=cell, periodic=pbc, quantities="ijS")
+        if max_neighbors is None:
+            i, j, shifts = nl.compute(points=pos, box=cell, periodic=pbc, quantities="ijS")
+        else:  # the cap sorts by distance: take vesin's instead of recomputing it
+            i, j, shifts, dist = nl.compute(points=pos, box=cell, periodic=pbc,
+                                            quantities="ijSd")
     else:
         from ase import Atoms
         from ase.neighborlist import neighbor_list as ase_neighbor_list
@@ -103,28 +107,50 @@ def neighbour_list(
     j = np.asarray(j, dtype=np.int64)
     shifts = np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
     if max_neighbors is not None:
-        i, j, shifts = cap_neighbours(pos, cell, i, j, shifts, int(max_neighbors))
+        d2 = np.asarray(dist, dtype=np.float64) ** 2 if backend == "vesin" else None
+        i, j, shifts = cap_neighbours(pos, cell, i, j, shifts, int(max_neighbors), d2=d2)
     return i, j, shifts
 
 
 def cap_neighbours(pos: np.ndarray, cell: np.ndarray, i: np.ndarray, j: np.ndarray,
-                   shifts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   shifts: np.ndarray, k: int, d2: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the ``k`` nearest neighbours of every centre (vectorised, no per-atom loop).
 
     Edges are ordered by (centre, distance, neighbour, shift); the first ``k`` of each
-    centre's group survive. The result stays sorted by centre, and within a centre by
-    distance. Distances are compared in float64 as computed from ``pos`` and ``cell``.
+    centre's group survive. The result is sorted by centre, and within a centre by that
+    order. Distances are compared exactly in float64. For speed at 12 A (~200 neighbours per
+    atom) one float sort finds each centre's k-th distance, and the exact six-key order is
+    applied only to the candidates up to it. ``d2`` (squared edge lengths) may be given by
+    the caller (vesin computes them); otherwise they are computed here.
     """
     if len(i) == 0:
         return i, j, shifts
-    counts = np.bincount(i, minlength=len(pos))
+    n = len(pos)
+    counts = np.bincount(i, minlength=n)
     if counts.max() <= k:
         return i, j, shifts
-    d2 = np.sum((pos[j] - pos[i] + shifts @ cell) ** 2, axis=1)
-    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, d2, i))
-    i_sorted = i[order]
-    starts = np.zeros(len(pos) + 1, dtype=np.int64)
+    if d2 is None:
+        d2 = np.sum((pos[j] - pos[i] + shifts @ cell) ** 2, axis=1)
+    starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=starts[1:])
-    rank = np.arange(len(i_sorted), dtype=np.int64) - starts[i_sorted]
-    keep = order[rank < k]
+    # 1) approximate order by (centre, distance): one float sort
+    span = 2.0 * float(d2.max()) + 1.0
+    approx = np.argsort(i * span + d2, kind="stable")
+    i_sorted = i[approx]
+    rank = np.arange(len(i), dtype=np.int64) - starts[i_sorted]
+    # the k-th distance of every centre with more than k neighbours (others keep all)
+    threshold = np.full(n, np.inf)
+    full = np.nonzero(counts > k)[0]
+    threshold[full] = d2[approx[starts[full] + k - 1]]
+    # 2) candidates up to that distance (a margin covers the float sort's rounding)
+    margin = 1e-9 * span
+    cand = approx[(rank < k) | (d2[approx] <= threshold[i_sorted] + margin)]
+    order = cand[np.lexsort((shifts[cand, 2], shifts[cand, 1], shifts[cand, 0], j[cand],
+                             d2[cand], i[cand]))]
+    i_c = i[order]
+    c_counts = np.bincount(i_c, minlength=n)
+    c_starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(c_counts, out=c_starts[1:])
+    keep = order[np.arange(len(order), dtype=np.int64) - c_starts[i_c] < k]
     return i[keep], j[keep], shifts[keep]

@@ -142,21 +142,27 @@ def emt_is2re(n: int, seed: int = 0, fmax: float = 0.05, max_steps: int = 200,
     return out
 
 
-def oc20_like(n: int, seed: int = 0, vacuum: float = 7.0):
+def oc20_like(n: int, seed: int = 0, vacuum: float = 7.0, kind: str = "mixed",
+              size: tuple[int, int, int] | None = None):
     """Yield ``n`` OC20-like structures with *synthetic* labels, fast (no calculator).
 
     For data-layer tests and benchmarks, where the pipeline matters and not the physics:
-    slabs with an adsorbate (3x3 to 4x4 surface cells, 3-6 layers, vacuum along z, tags,
-    bottom half fixed) alternating with bulk alloy cells, 20-120 atoms. Labels: energy =
-    sum of a fixed per-element reference + noise (so least-squares E0s are well posed),
-    Gaussian forces, and a symmetric stress for bulk cells; ``info`` has ``sid`` and ``fid``.
+    slabs with an adsorbate (3x3 to 4x4 surface cells, 3-6 layers, or ``size``; vacuum
+    along z, tags, bottom half fixed) alternating with bulk alloy cells, 20-120 atoms
+    (``kind="slab"``: slabs only; ``size=(3, 3, 8)`` gives OC20's typical ~73 atoms).
+    Labels: energy = sum of a fixed per-element reference + noise (so least-squares E0s are
+    well posed), Gaussian forces, and a symmetric stress for bulk cells; ``info`` has
+    ``sid`` and ``fid``.
     Deterministic for a given seed.
     """
+    if kind not in ("mixed", "slab"):
+        raise ValueError(f"kind must be 'mixed' or 'slab', got {kind!r}")
     rng = np.random.default_rng(seed)
     for i in range(int(n)):
-        if i % 2 == 0:
-            size = (int(rng.integers(3, 5)), int(rng.integers(3, 5)), int(rng.integers(3, 7)))
-            atoms = emt_slab(rng, size=size, vacuum=vacuum)
+        if i % 2 == 0 or kind == "slab":
+            shape = size or (int(rng.integers(3, 5)), int(rng.integers(3, 5)),
+                             int(rng.integers(3, 7)))
+            atoms = emt_slab(rng, size=shape, vacuum=vacuum)
         else:
             atoms = emt_bulk(rng, repeat=tuple(int(x) for x in rng.integers(2, 4, size=3)))
             if len(atoms) > 120:
@@ -164,7 +170,7 @@ def oc20_like(n: int, seed: int = 0, vacuum: float = 7.0):
         z = atoms.numbers
         energy = float(np.sum(-2.0 - 0.05 * (z % 11)) + 0.05 * len(z) * rng.standard_normal())
         results = {"energy": energy, "forces": 0.5 * rng.standard_normal((len(z), 3))}
-        if i % 2 == 1:
+        if "stress" not in results and not (i % 2 == 0 or kind == "slab"):
             s = 0.01 * rng.standard_normal((3, 3))
             results["stress"] = 0.5 * (s + s.T)
         atoms.calc = SinglePointCalculator(atoms, **results)
