@@ -368,7 +368,7 @@ def main() -> None:
               f"{r['edges_per_atom']:>10.1f}", flush=True)
 
     print("\n== data waiting in a training step (float32, CPU, 6 A) ==")
-    print("gaunt_mace: experiment=oc20_s2ef's model; gaunt_mace_small: a 30x faster step")
+    print("gaunt_mace: experiment=oc20_s2ef's model; gaunt_mace_small: a shorter step")
     for model in ("gaunt_mace", "gaunt_mace_small"):
         for w in [x for x in args.workers if x > 0] or [0]:
             r = run_child("train_wait", data=data[min(args.sizes)], n=min(args.sizes),

@@ -188,7 +188,11 @@ def test_sampler_is_deterministic_per_seed_and_reshuffles_per_epoch():
                                      num_replicas=3, rank=r)) for r in range(3)]
     flat = sorted(i for r in ranks for b in r for i in b)
     assert flat == list(range(len(NATOMS)))
-    assert ranks[0][0][0] == 0
+    assert ranks[0][0][0] == 0 and ranks[1][0][0] == 1
+    # fewer batches than ranks: every rank still gets one (structures are dealt, not batches)
+    few = [list(BudgetBatchSampler(NATOMS[:6], max_atoms=5000, shuffle=False, pad=False,
+                                   num_replicas=2, rank=r)) for r in range(2)]
+    assert few == [[[0, 2, 4]], [[1, 3, 5]]]
 
 
 def test_sampler_resume_mid_epoch_equals_uninterrupted():

@@ -13,8 +13,11 @@ by ``seed + epoch``, as fairchem's MaxAtomDistributedBatchSampler does.
 
 DDP: the epoch's batch list is padded (by repeating its first batches) to a multiple of
 ``num_replicas`` and rank ``r`` takes batches ``r, r + W, ...``, so every rank gets exactly
-``len(sampler)`` batches and no collective hangs. ``pad=False`` (evaluation) leaves the list
-unpadded, so no structure is evaluated twice. ``set_start_iter(k)`` skips the first ``k``
+``len(sampler)`` batches and no collective hangs. ``pad=False`` (evaluation) deals the
+*structures* round-robin (rank ``r`` gets ``r, r + W, ...``) and packs each rank's share, so
+no structure is evaluated twice and every rank has a batch as long as there are at least as
+many structures as ranks (batch counts may then differ between ranks, which evaluation
+allows). ``set_start_iter(k)`` skips the first ``k``
 batches of the current epoch (exact resume mid-epoch).
 """
 
@@ -115,6 +118,20 @@ class BudgetBatchSampler:
         self.rank = int(rank)
 
     # ------------------------------------------------------------------ batches
+    def _dealt(self) -> bool:
+        return not self.pad and self.num_replicas > 1
+
+    def _share(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flat, offsets) of this rank's batches when structures are dealt (``pad=False``)."""
+        share = np.arange(self.rank, len(self.natoms), self.num_replicas, dtype=np.int64)
+        if self.shuffle:
+            share = share[np.random.default_rng((self.seed, self.epoch)).permutation(len(share))]
+        if self.max_atoms is not None:
+            return share, pack_by_atoms(self.natoms, share, self.max_atoms)
+        nb = math.ceil(len(share) / self.batch_size)
+        return share, np.minimum(np.arange(nb + 1, dtype=np.int64) * self.batch_size,
+                                 len(share))
+
     def _num_batches_total(self) -> int:
         if self.max_atoms is not None:
             return len(self._offsets) - 1
@@ -141,12 +158,19 @@ class BudgetBatchSampler:
         return perm[: offsets[-1]], offsets
 
     def __len__(self) -> int:
+        if self._dealt():
+            return len(self._share()[1]) - 1
         nb = self._num_batches_total()
         if self.pad:
             return math.ceil(nb / self.num_replicas)
-        return len(range(self.rank, nb, self.num_replicas))
+        return nb
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self._dealt():
+            flat, offsets = self._share()
+            for b in range(self.start_iter, len(offsets) - 1):
+                yield flat[offsets[b]:offsets[b + 1]].tolist()
+            return
         flat, offsets = self.epoch_batches()
         nb = len(offsets) - 1
         batch_ids = np.arange(nb)
