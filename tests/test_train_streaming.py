@@ -129,3 +129,50 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):
     _fit(tmp_path, resumed, ckpt_path=tmp_path / "interrupted.ckpt")
     # the interrupted step did not complete: it is repeated, then the rest follows exactly
     assert first.seen[:stop - 1] + resumed.seen == straight.seen
+
+
+def test_ddp_loss_is_the_exact_per_atom_mean_over_ranks():
+    """Two ranks with different atom counts: the DDP-averaged loss (and so its gradient)
+    equals the loss of the union batch, not the mean of the two ranks' means."""
+    from torch_geometric.data import Batch, Data
+
+    from forcefield.training.losses import LossConfig, compute_loss
+
+    rng = np.random.default_rng(0)
+
+    def graph(n):
+        return Data(pos=torch.zeros(n, 3), natoms=torch.tensor([n]),
+                    energy=torch.tensor([float(rng.normal())], dtype=torch.float64),
+                    forces=torch.tensor(rng.normal(size=(n, 3))),
+                    fixed=torch.tensor(rng.random(n) < 0.3),
+                    e_err=torch.tensor([float(rng.normal())], dtype=torch.float64),
+                    f_err=torch.tensor(rng.normal(size=(n, 3))))
+
+    ranks = [[graph(5), graph(40)], [graph(3)]]
+    union = Batch.from_data_list(ranks[0] + ranks[1])
+    weight = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+
+    def pred(batch):
+        return {"energy": batch.energy + weight * batch.e_err * batch.natoms,
+                "forces": batch.forces + weight * batch.f_err}
+
+    cfg = LossConfig(energy_weight=2.0, forces_weight=10.0)
+    batches = [Batch.from_data_list(r) for r in ranks]
+    # what the all-reduce returns: energies and free force components of both ranks
+    counts = sum(torch.tensor([float(len(b.energy)), float((~b.fixed).sum()) * 3, 0.0],
+                              dtype=torch.float64) for b in batches)
+
+    def reduce_counts(local):
+        return counts, 2
+
+    with torch.no_grad():
+        weight.fill_(0.3)
+    ddp = [compute_loss(b, pred(b), cfg, reduce_counts=reduce_counts)[0] for b in batches]
+    averaged = (ddp[0] + ddp[1]) / 2  # what DDP's gradient averaging optimises
+    exact, _ = compute_loss(union, pred(union), cfg)
+    naive = sum(compute_loss(b, pred(b), cfg)[0] for b in batches) / 2
+    assert float(averaged) == pytest.approx(float(exact), rel=1e-12)
+    assert abs(float(naive) - float(exact)) > 1e-3 * float(exact)
+    g_avg = torch.autograd.grad(averaged, weight)[0]
+    g_exact = torch.autograd.grad(exact, weight)[0]
+    assert float(g_avg) == pytest.approx(float(g_exact), rel=1e-12)
