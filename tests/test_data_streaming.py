@@ -436,3 +436,26 @@ def test_convert_raw_s2ef_subtracts_reference(tmp_path):
         assert float(g.energy) == pytest.approx(atoms.get_potential_energy() - refs[k],
                                                 abs=1e-9)
         assert int(g.sid) == 10 + k and int(g.fid) == k
+
+
+def test_elements_missing_from_the_statistics_sample_come_from_the_metadata(tmp_path):
+    from forcefield.data import OC20DataModule
+
+    root = tmp_path / "rare"
+    with ShardedAseLmdbWriter(root, shard_size=20) as writer:
+        for k, atoms in enumerate(oc20_like(40, seed=2)):
+            if k == 33:  # one structure carries an element no other has
+                atoms.numbers[0] = 22
+            writer.write(atoms)
+    with np.load(root / METADATA_NAME) as meta:
+        assert meta["shard_species"][1, 22] and not meta["shard_species"][0, 22]
+    common = dict(train=str(root), valid=str(root), stats_samples=5, stats_cache=False,
+                  progress=False, num_workers=0)
+    dm = OC20DataModule(e0s=None, **common)
+    dm.setup("fit")
+    assert dm.statistics.species == dm.train_data.species
+    assert 22 in dm.statistics.species and dm.statistics.e0s[22] == 0.0
+    assert 22 in dm.statistics.extra["species_from_metadata"]
+    with pytest.raises(DataError, match=r"Ti.* occur in the training shards but not in the "
+                                        r"statistics sample of 5"):
+        OC20DataModule(e0s="least_squares", **common).setup("fit")

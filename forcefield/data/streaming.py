@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from forcefield.data.atomic_data import AtomicData
 from forcefield.data.errors import DataError
-from forcefield.data.metadata import natoms_of, rebuild_hint
+from forcefield.data.metadata import read_index, rebuild_hint
 from forcefield.data.readers import expand_sources
 from forcefield.data.shards import Shard, open_shard
 
@@ -81,7 +81,8 @@ class StreamingDataset(Dataset):
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if self.offsets[-1] == 0:
             raise DataError(f"{name} ({source!r}) holds no structures; check the shards.")
-        self._natoms = natoms_of(self.shards, cache_dir=cache_dir, progress=progress)
+        self._natoms, self.all_species = read_index(self.shards, cache_dir=cache_dir,
+                                                    progress=progress)
         self.indices: np.ndarray | None = None  # a subset view (seeded samples)
         self.r_max = float(r_max)
         self.max_neighbors = None if max_neighbors is None else int(max_neighbors)
@@ -103,6 +104,11 @@ class StreamingDataset(Dataset):
     def natoms(self) -> np.ndarray:
         """int32 atom count of every structure, in dataset order (from the metadata)."""
         return self._natoms if self.indices is None else self._natoms[self.indices]
+
+    @property
+    def species(self) -> list[int] | None:
+        """Every element of the shards (from the metadata; None when it does not say)."""
+        return self.all_species
 
     @property
     def paths(self) -> list[Path]:

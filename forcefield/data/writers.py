@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms
 
 from forcefield.data.errors import DataError
-from forcefield.data.metadata import METADATA_NAME, write_metadata
+from forcefield.data.metadata import MAX_Z, METADATA_NAME, write_metadata
 
 
 def _require_backend() -> None:
@@ -61,6 +61,7 @@ class ShardedAseLmdbWriter:
         self._shard_lengths: list[int] = []
         self._natoms: list[np.ndarray] = []
         self._chunk: list[int] = []
+        self._species: list[np.ndarray] = []
         self.count = 0
 
     def __enter__(self) -> ShardedAseLmdbWriter:
@@ -81,6 +82,7 @@ class ShardedAseLmdbWriter:
         self._db.__enter__()  # one write transaction per shard
         self._shard_names.append(name)
         self._shard_lengths.append(0)
+        self._species.append(np.zeros(MAX_Z, dtype=bool))
 
     def _close_shard(self) -> None:
         if self._db is not None:
@@ -94,6 +96,7 @@ class ShardedAseLmdbWriter:
             self._open_next()
         self._db.write(atoms, key_value_pairs=key_value_pairs or {}, data=data or {})
         self._shard_lengths[-1] += 1
+        self._species[-1][atoms.numbers] = True
         self._chunk.append(len(atoms))
         if len(self._chunk) >= 65536:
             self._natoms.append(np.asarray(self._chunk, dtype=np.int32))
@@ -109,7 +112,8 @@ class ShardedAseLmdbWriter:
         natoms = np.concatenate(self._natoms + [np.asarray(self._chunk, dtype=np.int32)])
         write_metadata(self._tmp / METADATA_NAME, natoms=natoms,
                        shard_names=np.array(self._shard_names),
-                       shard_lengths=np.array(self._shard_lengths, dtype=np.int64))
+                       shard_lengths=np.array(self._shard_lengths, dtype=np.int64),
+                       shard_species=np.array(self._species))
         for leftover in self._tmp.glob("*-lock"):
             leftover.unlink()
         if self.directory.exists():
