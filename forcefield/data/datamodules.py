@@ -350,9 +350,18 @@ class AtomisticDataModule(L.LightningDataModule):
         for batch in tqdm(loader, desc="statistics", unit="batches", disable=not self.progress,
                           mininterval=1.0):
             acc.update(batch)
+        missing = sorted(set(self.train_data.species or []) - set(acc.species()))
+        if missing and isinstance(e0s, str) and e0s == "least_squares":
+            from ase.data import chemical_symbols
+
+            raise DataError(
+                f"element(s) {', '.join(chemical_symbols[z] for z in missing)} occur in the "
+                f"training shards but not in the statistics sample of {n_sample} structures, "
+                "so their E0s cannot be fitted; raise data.stats_samples or give data.e0s (a "
+                "dict Z->eV, or null for referenced energies such as OC20's).")
         stats = acc.finish(e0s, r_max=self.r_max, e0s_source=e0s_source,
                            extra={"sample_size": int(n_sample), "sample_seed": self.seed})
-        return _add_unsampled_species(stats, self.train_data.species, e0s, n_sample)
+        return _add_unsampled_species(stats, missing, e0s)
 
     def _split_signature(self) -> str:
         return f"seed={self.seed}"
@@ -419,30 +428,23 @@ class AtomisticDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
 
-def _add_unsampled_species(stats: DatasetStatistics, all_species, e0s,
-                           n_sample: int) -> DatasetStatistics:
-    """Give the model every element of the shards (from their metadata), also those the
-    statistics sample missed: a rare element must not stop training mid-epoch."""
-    missing = sorted(set(all_species or []) - set(stats.species))
+def _add_unsampled_species(stats: DatasetStatistics, missing: Sequence[int],
+                           e0s) -> DatasetStatistics:
+    """Give the model the elements of the shards (from their metadata) that the statistics
+    sample missed, with zero or given E0s: a rare element must not stop training mid-epoch."""
     if not missing:
         return stats
-    from ase.data import chemical_symbols
-
-    names = ", ".join(chemical_symbols[z] for z in missing)
-    if isinstance(e0s, str) and e0s == "least_squares":
-        raise DataError(f"element(s) {names} occur in the training shards but not in the "
-                        f"statistics sample of {n_sample} structures, so their E0s cannot be "
-                        "fitted; raise data.stats_samples or give data.e0s (a dict Z->eV, or "
-                        "null for referenced energies such as OC20's).")
     given = dict(e0s) if isinstance(e0s, Mapping) else {}
     uncovered = [z for z in missing if isinstance(e0s, Mapping) and z not in given]
     if uncovered:
+        from ase.data import chemical_symbols
+
         raise DataError(f"the E0s given do not cover element(s) "
                         f"{', '.join(chemical_symbols[z] for z in uncovered)} of the training "
                         "shards; add their isolated-atom energies.")
     stats.species = sorted(set(stats.species) | set(missing))
     stats.e0s = {z: float(given.get(z, stats.e0s.get(z, 0.0))) for z in stats.species}
-    stats.extra["species_from_metadata"] = missing
+    stats.extra["species_from_metadata"] = list(missing)
     return stats
 
 
