@@ -210,7 +210,7 @@ class AseSqliteShard(Shard):
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__(path)
         try:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
             try:
                 ids = [r[0] for r in con.execute("SELECT id FROM systems ORDER BY id")]
             finally:
