@@ -138,24 +138,22 @@ class BudgetBatchSampler:
         n = len(self.natoms)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def epoch_batches(self) -> tuple[np.ndarray, np.ndarray]:
-        """(flat indices, offsets) of every batch of this epoch, before the rank split."""
+    def epoch_batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat indices, batch starts, batch lengths) of this epoch before the rank split:
+        batch ``b`` is ``flat[starts[b]:starts[b] + lengths[b]]``. Budget batches reorder
+        only the (small) start/length arrays, so no O(N) array is made per epoch."""
         if self.max_atoms is not None:
-            flat, offsets = self._flat, self._offsets
+            offsets = self._offsets
             nb = len(offsets) - 1
             order = (np.random.default_rng((self.seed, self.epoch)).permutation(nb)
                      if self.shuffle else np.arange(nb))
-            lengths = np.diff(offsets)[order]
-            starts = offsets[:-1][order]
-            new_offsets = np.concatenate([[0], np.cumsum(lengths)])
-            idx = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-            return flat[idx], new_offsets
+            return self._flat, offsets[:-1][order], np.diff(offsets)[order]
         n = len(self.natoms)
         perm = (np.random.default_rng((self.seed, self.epoch)).permutation(n) if self.shuffle
                 else np.arange(n, dtype=np.int64))
         nb = self._num_batches_total()
-        offsets = np.minimum(np.arange(nb + 1, dtype=np.int64) * self.batch_size, n)
-        return perm[: offsets[-1]], offsets
+        starts = np.arange(nb, dtype=np.int64) * self.batch_size
+        return perm, starts, np.minimum(starts + self.batch_size, n) - starts
 
     def __len__(self) -> int:
         if self._dealt():
@@ -171,15 +169,15 @@ class BudgetBatchSampler:
             for b in range(self.start_iter, len(offsets) - 1):
                 yield flat[offsets[b]:offsets[b + 1]].tolist()
             return
-        flat, offsets = self.epoch_batches()
-        nb = len(offsets) - 1
+        flat, starts, lengths = self.epoch_batches()
+        nb = len(starts)
         batch_ids = np.arange(nb)
         if self.pad and nb % self.num_replicas:
             extra = self.num_replicas - nb % self.num_replicas
             batch_ids = np.concatenate([batch_ids, np.resize(np.arange(nb), extra)])
         mine = batch_ids[self.rank::self.num_replicas][self.start_iter:]
         for b in mine.tolist():
-            yield flat[offsets[b]:offsets[b + 1]].tolist()
+            yield flat[starts[b]:starts[b] + lengths[b]].tolist()
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
