@@ -105,6 +105,24 @@ def e0s_least_squares(numbers: Sequence[np.ndarray], energies: Sequence[float],
     return {z: float(sol[c]) for z, c in col.items()}
 
 
+def resolve_e0s(e0s, species: Sequence[int], fit, e0s_source: str | None = None
+                ) -> tuple[dict[int, float], str]:
+    """(E0 per element, source name) for the ``e0s`` option: "least_squares" calls ``fit()``,
+    None/"zero" gives zeros, a dict must cover every element of ``species``."""
+    if isinstance(e0s, str) and e0s == "least_squares":
+        return fit(), "least_squares"
+    if e0s is None or (isinstance(e0s, str) and e0s == "zero"):
+        return {z: 0.0 for z in species}, "zero"
+    if isinstance(e0s, Mapping):
+        e0 = {int(z): float(v) for z, v in e0s.items()}
+        missing = [z for z in species if z not in e0]
+        if missing:
+            raise DataError(f"the E0s given cover elements {sorted(e0)} but the data also has "
+                            f"{missing}; add isolated-atom energies for them.")
+        return e0, e0s_source or "given"
+    raise DataError(f"e0s must be a dict Z->eV, 'least_squares' or None, got {e0s!r}.")
+
+
 def compute_statistics(dataset: Sequence, e0s: Mapping[int, float] | str | None = "least_squares",
                        *, r_max: float | None = None, e0s_source: str | None = None
                        ) -> DatasetStatistics:
@@ -123,23 +141,12 @@ def compute_statistics(dataset: Sequence, e0s: Mapping[int, float] | str | None 
     species = sorted({int(z) for n in numbers for z in np.unique(n)})
     has_energy = all("energy" in d for d in dataset)
     energies = np.array([float(d.energy.reshape(-1)[0]) for d in dataset]) if has_energy else None
-    if isinstance(e0s, str) and e0s == "least_squares":
+    def fit() -> dict[int, float]:
         if energies is None:
             raise DataError("cannot fit E0s: some structures have no energy label.")
-        e0 = e0s_least_squares(numbers, energies, species)
-        src = "least_squares"
-    elif e0s is None or (isinstance(e0s, str) and e0s == "zero"):
-        e0 = {z: 0.0 for z in species}
-        src = "zero"
-    elif isinstance(e0s, Mapping):
-        e0 = {int(z): float(v) for z, v in e0s.items()}
-        missing = [z for z in species if z not in e0]
-        if missing:
-            raise DataError(f"the E0s given cover elements {sorted(e0)} but the data also has "
-                            f"{missing}; add isolated-atom energies for them.")
-        src = e0s_source or "given"
-    else:
-        raise DataError(f"e0s must be a dict Z->eV, 'least_squares' or None, got {e0s!r}.")
+        return e0s_least_squares(numbers, energies, species)
+
+    e0, src = resolve_e0s(e0s, species, fit, e0s_source)
     n_atoms = np.array([len(n) for n in numbers], dtype=np.float64)
     if energies is not None:
         ref = np.array([sum(e0[int(z)] for z in n) for n in numbers], dtype=np.float64)
@@ -293,20 +300,7 @@ class StatisticsAccumulator:
         if self.structures == 0:
             raise DataError("cannot compute statistics of an empty sample; check the data.")
         species = self.species()
-        if isinstance(e0s, str) and e0s == "least_squares":
-            e0 = self.e0s_least_squares()
-            src = "least_squares"
-        elif e0s is None or (isinstance(e0s, str) and e0s == "zero"):
-            e0, src = {z: 0.0 for z in species}, "zero"
-        elif isinstance(e0s, Mapping):
-            e0 = {int(z): float(v) for z, v in e0s.items()}
-            missing = [z for z in species if z not in e0]
-            if missing:
-                raise DataError(f"the E0s given cover elements {sorted(e0)} but the data also "
-                                f"has {missing}; add isolated-atom energies for them.")
-            src = e0s_source or "given"
-        else:
-            raise DataError(f"e0s must be a dict Z->eV, 'least_squares' or None, got {e0s!r}.")
+        e0, src = resolve_e0s(e0s, species, self.e0s_least_squares, e0s_source)
         mean_inter = 0.0
         if self.with_energy:
             e0_vec = np.zeros(MAX_Z)
