@@ -172,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.inputs or not args.output:
             raise DataError("give the input sources and -o OUTPUT (a directory, .db or "
                             ".aselmdb), or --index DIR.")
-        if Path(args.output).suffix in (".db", ".aselmdb"):
+        suffix = Path(args.output).suffix
+        if suffix not in ("", ".db", ".aselmdb"):
+            raise DataError(f"output '{args.output}' must be a directory (a name without a "
+                            "suffix) for sharded .aselmdb, or end in .db or .aselmdb.")
+        if suffix:
             n = convert(args.inputs, args.output, task=args.task, lmdb_keys=keys or None,
                         overwrite=args.overwrite, subtract_reference=args.subtract_reference)
         else:
