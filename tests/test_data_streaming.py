@@ -460,3 +460,22 @@ def test_elements_missing_from_the_statistics_sample_come_from_the_metadata(tmp_
     with pytest.raises(DataError, match=r"Ti.* occur in the training shards but not in the "
                                         r"statistics sample of 5"):
         OC20DataModule(e0s="least_squares", **common).setup("fit")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_packing_equals_a_plain_greedy_loop(chunk):
+    from forcefield.data.sampler import pack_by_atoms
+
+    rng = np.random.default_rng(chunk)
+    natoms = rng.integers(1, 300, size=777).astype(np.int32)
+    order = rng.permutation(len(natoms))
+    for budget in (1, 150, 299, 4000):
+        expected, current, total = [0], 0, 0
+        for k, i in enumerate(order):
+            if current and total + natoms[i] > budget:
+                expected.append(k)
+                current, total = 0, 0
+            current += 1
+            total += int(natoms[i])
+        expected.append(len(order))
+        assert pack_by_atoms(natoms, order, budget, chunk=chunk).tolist() == expected
