@@ -115,6 +115,15 @@ def _anon_kb(pid: int) -> int:
     return 0
 
 
+def _rss_anon_kb(pid: int) -> int:
+    """RssAnon of one process in kB (its own anonymous pages, shared or not)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
 def _children(pid: int) -> list[int]:
     out = []
     try:
@@ -165,7 +174,7 @@ def child_stream(args) -> dict:
     torch.set_num_threads(1)
     result: dict = {"case": "stream", "n": args.n, "workers": args.workers}
     with PeakAnon() as mem:
-        base = _anon_kb(os.getpid())
+        base = _rss_anon_kb(os.getpid())
         t0 = time.perf_counter()
         ds = StreamingDataset(args.data, args.r_max, max_neighbors=args.max_neighbors,
                               progress=False)
@@ -179,7 +188,7 @@ def child_stream(args) -> dict:
         result["first_batch_s"] = time.perf_counter() - t0
         # the parent's growth up to the first batch: index arrays, sampler, loader (and,
         # with no workers, the first batch itself)
-        result["parent_index_kb"] = _anon_kb(os.getpid()) - base
+        result["parent_index_kb"] = _rss_anon_kb(os.getpid()) - base
         peaks = []
         structures = atoms = 0
         t1 = time.perf_counter()
