@@ -20,6 +20,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from forcefield import so3
+from forcefield.so3 import fused_conv
 
 from .constants import ConstantTables
 from .linear import DegreeLinear
@@ -99,14 +100,19 @@ class GauntConvolution(nn.Module):
         self.method = method
         self.tp = None
         self.fused = False
-        self._tables = ConstantTables(expand_first=_expansion(min(lmax_sh, lmax_out)))
+        l_first = min(lmax_sh, lmax_out)
+        self._tables = ConstantTables(expand_first=_expansion(l_first),
+                                      **fused_conv.first_layer_tables(l_first))
         if lmax_in > 0:
             reference = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method="dense")
             norm = product_normalisation(reference, lmax_in, lmax_sh, lmax_out)
             if method in ("auto", "fused"):
                 self.fused = True
+                kernel = fused_conv.conv_grid_tables(lmax_in, lmax_sh, lmax_out)
+                kernel["projection"] = kernel["projection"] * norm
                 self._tables = ConstantTables(
-                    norm=norm, **_fused_grid_tables(lmax_in, lmax_sh, lmax_out, norm)
+                    norm=norm, **_fused_grid_tables(lmax_in, lmax_sh, lmax_out, norm),
+                    **{f"kernel_{k}": v for k, v in kernel.items()},
                 )
             else:
                 self.tp = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method=method)
@@ -127,6 +133,8 @@ class GauntConvolution(nn.Module):
         h = self.linear_up(h)
         w = self.radial(radial)
         r = w[:, self.num_node_weights :].reshape(num_edges, c, self.lmax_sh + 1)
+        if self.use_kernel(h):
+            return self._kernel(h, w, r, sh, sender, receiver)
         hj = h[sender]
         k_out = (self.lmax_out + 1) ** 2
         if self.fused:
@@ -151,6 +159,34 @@ class GauntConvolution(nn.Module):
         a = a / self.avg_num_neighbors
         return self.linear(a)
 
+    def use_kernel(self, h: torch.Tensor) -> bool:
+        """Whether this call takes the fused CPU kernels (``forcefield.so3.fused_conv``):
+        method "auto"/"fused" (every method in the first layer), CPU float32/float64 and
+        the kernels built; else the torch route below."""
+        return (self.fused or self.lmax_in == 0) and fused_conv.supports(h)
+
+    def _kernel(self, h: torch.Tensor, w: torch.Tensor, r: torch.Tensor, sh: torch.Tensor,
+                sender: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
+        """The convolution on the fused kernels: per receiving node, the grid products of
+        its incoming edges are accumulated in place and projected once (no per-edge grid or
+        message tensor); see ``forcefield.so3.fused_conv``."""
+        num_nodes, c = h.shape[0], self.channels
+        index = fused_conv.edge_index(sender, receiver, num_nodes)
+        t = self._tables.get(h)
+        if self.lmax_in == 0:
+            ysh = t["ysh"]
+            hg = h[:, :, :1, None].expand(num_nodes, c, 1, ysh.shape[1])
+            (z,) = fused_conv.ConvPartials.apply((4,), ysh, index, hg, None, r, sh, None)
+            a = z[..., : ysh.shape[0]]
+            k_out = (self.lmax_out + 1) ** 2
+            if a.shape[-1] < k_out:
+                a = torch.nn.functional.pad(a, (0, k_out - a.shape[-1]))
+            return self.linear(a / self.avg_num_neighbors)
+        ysh = t["kernel_ysh"]
+        wn = w[:, : self.num_node_weights].reshape(w.shape[0], c, self.lmax_in + 1)
+        hg = (h @ t["kernel_node_grid"]).reshape(num_nodes, c, self.lmax_in + 1, ysh.shape[1])
+        (z,) = fused_conv.ConvPartials.apply((4,), ysh, index, hg, wn, r, sh, None)
+        return self.linear((z @ t["kernel_projection"]) / self.avg_num_neighbors)
 
     def _fused(self, hj, w, r, sh, receiver, num_nodes):
         """The same Gaunt product on an exact sphere quadrature, exploiting its structure.
