@@ -132,9 +132,9 @@ class GauntConvolution(nn.Module):
         c = self.channels
         h = self.linear_up(h)
         w = self.radial(radial)
-        r = w[:, self.num_node_weights :].reshape(num_edges, c, self.lmax_sh + 1)
         if self.use_kernel(h):
-            return self._kernel(h, w, r, sh, sender, receiver)
+            return self._kernel(h, w, sh, sender, receiver)
+        r = w[:, self.num_node_weights :].reshape(num_edges, c, self.lmax_sh + 1)
         hj = h[sender]
         k_out = (self.lmax_out + 1) ** 2
         if self.fused:
@@ -165,12 +165,15 @@ class GauntConvolution(nn.Module):
         the kernels built; else the torch route below."""
         return (self.fused or self.lmax_in == 0) and fused_conv.supports(h)
 
-    def _kernel(self, h: torch.Tensor, w: torch.Tensor, r: torch.Tensor, sh: torch.Tensor,
+    def _kernel(self, h: torch.Tensor, w: torch.Tensor, sh: torch.Tensor,
                 sender: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
         """The convolution on the fused kernels: per receiving node, the grid products of
         its incoming edges are accumulated in place and projected once (no per-edge grid or
         message tensor); see ``forcefield.so3.fused_conv``."""
-        num_nodes, c = h.shape[0], self.channels
+        num_nodes, num_edges, c = h.shape[0], w.shape[0], self.channels
+        # views into w (split: its backward is one concatenation, not zero-filled slices)
+        wn, r = w.split([self.num_node_weights, self.num_filter_weights], dim=1)
+        r = r.view(num_edges, c, self.lmax_sh + 1)
         index = fused_conv.edge_index(sender, receiver, num_nodes)
         t = self._tables.get(h)
         if self.lmax_in == 0:
@@ -183,7 +186,7 @@ class GauntConvolution(nn.Module):
                 a = torch.nn.functional.pad(a, (0, k_out - a.shape[-1]))
             return self.linear(a / self.avg_num_neighbors)
         ysh = t["kernel_ysh"]
-        wn = w[:, : self.num_node_weights].reshape(w.shape[0], c, self.lmax_in + 1)
+        wn = wn.view(num_edges, c, self.lmax_in + 1)
         hg = (h @ t["kernel_node_grid"]).reshape(num_nodes, c, self.lmax_in + 1, ysh.shape[1])
         (z,) = fused_conv.ConvPartials.apply((4,), ysh, index, hg, wn, r, sh, None)
         return self.linear((z @ t["kernel_projection"]) / self.avg_num_neighbors)

@@ -35,22 +35,35 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
+
+/* the baseline build returns 32-byte vectors from inlined helpers only: no ABI concern */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* 32-byte vectors of grid points; element alignment only (rows of the tables and tensors
+ * are not assumed to be aligned to the vector size) */
+typedef float vw_f32 __attribute__((vector_size(32), aligned(4)));
+typedef double vw_f64 __attribute__((vector_size(32), aligned(8)));
 
 #define GLUE(name, type, isa) name##_##type##_##isa
 #define NAME(name, type, isa) GLUE(name, type, isa)
 
 #define ISA base
 #define REAL float
+#define VW vw_f32
 #define FN(name) NAME(name, f32, ISA)
 #include "_conv_kernel_body.h"
 #undef FN
+#undef VW
 #undef REAL
 #define REAL double
+#define VW vw_f64
 #define FN(name) NAME(name, f64, ISA)
 #include "_conv_kernel_body.h"
 #undef FN
+#undef VW
 #undef REAL
 #undef ISA
 
@@ -60,14 +73,18 @@
 #pragma GCC target("avx2,fma")
 #define ISA avx2
 #define REAL float
+#define VW vw_f32
 #define FN(name) NAME(name, f32, ISA)
 #include "_conv_kernel_body.h"
 #undef FN
+#undef VW
 #undef REAL
 #define REAL double
+#define VW vw_f64
 #define FN(name) NAME(name, f64, ISA)
 #include "_conv_kernel_body.h"
 #undef FN
+#undef VW
 #undef REAL
 #undef ISA
 #pragma GCC pop_options

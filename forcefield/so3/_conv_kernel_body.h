@@ -2,52 +2,55 @@
  *
  * Included by _conv_kernel.c once per (type, instruction set) with REAL and FN(name)
  * defined.  See _conv_kernel.c for the algorithm, the argument layouts and the scalar T
- * whose partial derivatives these functions compute.
+ * whose partial derivatives these functions compute.  Grid loops run in chunks of W
+ * points, one 32-byte GCC vector VW (8 floats or 4 doubles: one AVX register) that stays in
+ * registers; sums over points keep W partial sums added in a fixed order.
  */
+
+#define W ((int)(sizeof(VW) / sizeof(REAL)))
+#define LOAD(ptr) (*(const VW *)(ptr))
+#define STORE(ptr) (*(VW *)(ptr))
 
 /* Yg[l2][p] = sum over m of sh[l2 m] * ysh[l2 m][p]: the filter's per-degree grid values */
 INLINE void FN(filter_grid)(const REAL *restrict sh, const REAL *restrict ysh, int n2, int pp,
                             REAL *restrict yg)
 {
     for (int l = 0; l < n2; ++l) {
-        REAL *restrict row = yg + l * pp;
-        for (int p = 0; p < pp; ++p) row[p] = 0;
-        for (int k = l * l; k < (l + 1) * (l + 1); ++k) {
-            const REAL s = sh[k];
-            const REAL *restrict y = ysh + (int64_t)k * pp;
-            for (int p = 0; p < pp; ++p) row[p] += s * y[p];
+        for (int p = 0; p < pp; p += W) {
+            VW acc = LOAD(ysh + (int64_t)(l * l) * pp + p) * sh[l * l];
+            for (int k = l * l + 1; k < (l + 1) * (l + 1); ++k)
+                acc += sh[k] * LOAD(ysh + (int64_t)k * pp + p);
+            STORE(yg + l * pp + p) = acc;
         }
     }
 }
 
-/* X[p] = sum_l1 wn[l1] hg[l1][p] (hg[0][p] when there are no node weights) */
-INLINE void FN(node_values)(const REAL *restrict hg, const REAL *restrict wn, int n1, int pp,
-                            REAL *restrict x)
+/* sum_p a[p] b[p] with W partial sums added in a fixed order */
+INLINE REAL FN(dot)(const REAL *restrict a, const REAL *restrict b, int pp)
 {
-    if (wn == NULL) {
-        for (int p = 0; p < pp; ++p) x[p] = hg[p];
-        return;
-    }
-    const REAL w0 = wn[0];
-    for (int p = 0; p < pp; ++p) x[p] = w0 * hg[p];
-    for (int l = 1; l < n1; ++l) {
-        const REAL w = wn[l];
-        const REAL *restrict h = hg + l * pp;
-        for (int p = 0; p < pp; ++p) x[p] += w * h[p];
-    }
+    VW acc = LOAD(a) * LOAD(b);
+    for (int p = W; p < pp; p += W) acc += LOAD(a + p) * LOAD(b + p);
+    REAL t[8];
+    memcpy(t, &acc, sizeof(acc));
+    if (W == 8) return ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
+    return (t[0] + t[2]) + (t[1] + t[3]);
 }
 
-/* Yv[p] = sum_l2 r[l2] yg[l2][p] */
-INLINE void FN(filter_values)(const REAL *restrict yg, const REAL *restrict r, int n2, int pp,
-                              REAL *restrict y)
+/* X on one chunk: sum_l1 wn[l1] hg[l1][p] (hg[0][p] without node weights) */
+INLINE VW FN(chunk_x)(const REAL *restrict hg, const REAL *restrict wn, int n1, int pp)
 {
-    const REAL r0 = r[0];
-    for (int p = 0; p < pp; ++p) y[p] = r0 * yg[p];
-    for (int l = 1; l < n2; ++l) {
-        const REAL w = r[l];
-        const REAL *restrict g = yg + l * pp;
-        for (int p = 0; p < pp; ++p) y[p] += w * g[p];
-    }
+    if (wn == NULL) return LOAD(hg);
+    VW x = wn[0] * LOAD(hg);
+    for (int l = 1; l < n1; ++l) x += wn[l] * LOAD(hg + l * pp);
+    return x;
+}
+
+/* Yv on one chunk: sum_l2 r[l2] yg[l2][p] */
+INLINE VW FN(chunk_y)(const REAL *restrict yg, const REAL *restrict r, int n2, int pp)
+{
+    VW y = r[0] * LOAD(yg);
+    for (int l = 1; l < n2; ++l) y += r[l] * LOAD(yg + l * pp);
+    return y;
 }
 
 /* Partial of T with respect to G: for each receiving node in [begin, end), the sum over its
@@ -59,9 +62,8 @@ static int FN(conv_receivers)(const int64_t *dims, const REAL *hg, const REAL *w
                               const int64_t *perm, REAL *z, int64_t begin, int64_t end)
 {
     const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3], pp = (int)dims[5];
-    REAL *scratch = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (n2 + 2) + 64);
-    if (scratch == NULL) return 1;
-    REAL *yg = scratch, *x = yg + n2 * pp, *y = x + pp;
+    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * n2 + 64);
+    if (yg == NULL) return 1;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
     for (int64_t i = begin; i < end; ++i) {
         REAL *restrict zi = z + i * channels * pp;
@@ -71,16 +73,16 @@ static int FN(conv_receivers)(const int64_t *dims, const REAL *hg, const REAL *w
             const REAL *hs = hg + sender[e] * node_stride;
             FN(filter_grid)(sh + e * sh_stride, ysh, n2, pp, yg);
             for (int c = 0; c < channels; ++c) {
-                FN(node_values)(hs + (int64_t)c * n1 * pp,
-                                wn ? wn + e * wn_strides[0] + c * wn_strides[1] : NULL, n1, pp,
-                                x);
-                FN(filter_values)(yg, r + e * r_strides[0] + c * r_strides[1], n2, pp, y);
+                const REAL *hc = hs + (int64_t)c * n1 * pp;
+                const REAL *wc = wn ? wn + e * wn_strides[0] + c * wn_strides[1] : NULL;
+                const REAL *rc = r + e * r_strides[0] + c * r_strides[1];
                 REAL *restrict zc = zi + (int64_t)c * pp;
-                for (int p = 0; p < pp; ++p) zc[p] += x[p] * y[p];
+                for (int p = 0; p < pp; p += W)
+                    STORE(zc + p) += FN(chunk_x)(hc + p, wc, n1, pp) * FN(chunk_y)(yg + p, rc, n2, pp);
             }
         }
     }
-    free(scratch);
+    free(yg);
     return 0;
 }
 
@@ -97,9 +99,9 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
     const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3];
     const int k2 = (int)dims[4], pp = (int)dims[5];
     const int need_x = d_r != NULL || d_sh != NULL, need_y = d_hg != NULL || d_wn != NULL;
-    REAL *scratch = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (2 * n2 + 3) + 64);
+    REAL *scratch = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (2 * n2 + 2) + 64);
     if (scratch == NULL) return 1;
-    REAL *yg = scratch, *d_yg = yg + n2 * pp, *x = d_yg + n2 * pp, *y = x + pp, *t = y + pp;
+    REAL *yg = scratch, *d_yg = yg + n2 * pp, *tx = d_yg + n2 * pp, *ty = tx + pp;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
     for (int64_t n = begin; n < end; ++n) {
         const REAL *hn = hg + n * node_stride;
@@ -114,43 +116,30 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
                 const REAL *hc = hn + (int64_t)c * n1 * pp, *gc = ge + (int64_t)c * pp;
                 const REAL *wc = wn ? wn + e * wn_strides[0] + c * wn_strides[1] : NULL;
                 const REAL *rc = r + e * r_strides[0] + c * r_strides[1];
-                if (need_y) {
-                    /* t = G * Yv: the gradient of X */
-                    FN(filter_values)(yg, rc, n2, pp, y);
-                    for (int p = 0; p < pp; ++p) t[p] = gc[p] * y[p];
-                    if (dh) {
-                        REAL *dc = dh + (int64_t)c * n1 * pp;
-                        for (int l = 0; l < n1; ++l) {
-                            const REAL w = wc ? wc[l] : (REAL)1;
-                            for (int p = 0; p < pp; ++p) dc[l * pp + p] += w * t[p];
-                        }
-                    }
-                    if (d_wn) {
-                        REAL *dw = d_wn + (e * channels + c) * n1;
-                        for (int l = 0; l < n1; ++l) {
-                            REAL acc = 0;
-                            for (int p = 0; p < pp; ++p) acc += hc[l * pp + p] * t[p];
-                            dw[l] = acc;
-                        }
+                /* ty = G * Yv (the gradient of X), tx = G * X (the gradient of Yv) */
+                for (int p = 0; p < pp; p += W) {
+                    if (need_y) STORE(ty + p) = LOAD(gc + p) * FN(chunk_y)(yg + p, rc, n2, pp);
+                    if (need_x) STORE(tx + p) = LOAD(gc + p) * FN(chunk_x)(hc + p, wc, n1, pp);
+                }
+                if (dh) {
+                    REAL *dc = dh + (int64_t)c * n1 * pp;
+                    for (int l = 0; l < n1; ++l) {
+                        const REAL w = wc ? wc[l] : (REAL)1;
+                        for (int p = 0; p < pp; p += W) STORE(dc + l * pp + p) += w * LOAD(ty + p);
                     }
                 }
-                if (need_x) {
-                    /* t = G * X: the gradient of Yv */
-                    FN(node_values)(hc, wc, n1, pp, x);
-                    for (int p = 0; p < pp; ++p) t[p] = gc[p] * x[p];
-                    if (d_r) {
-                        REAL *dr = d_r + (e * channels + c) * n2;
-                        for (int l = 0; l < n2; ++l) {
-                            REAL acc = 0;
-                            for (int p = 0; p < pp; ++p) acc += yg[l * pp + p] * t[p];
-                            dr[l] = acc;
-                        }
-                    }
-                    if (d_sh) {
-                        for (int l = 0; l < n2; ++l) {
-                            const REAL w = rc[l];
-                            for (int p = 0; p < pp; ++p) d_yg[l * pp + p] += w * t[p];
-                        }
+                if (d_wn) {
+                    REAL *dw = d_wn + (e * channels + c) * n1;
+                    for (int l = 0; l < n1; ++l) dw[l] = FN(dot)(hc + l * pp, ty, pp);
+                }
+                if (d_r) {
+                    REAL *dr = d_r + (e * channels + c) * n2;
+                    for (int l = 0; l < n2; ++l) dr[l] = FN(dot)(yg + l * pp, tx, pp);
+                }
+                if (d_sh) {
+                    for (int l = 0; l < n2; ++l) {
+                        const REAL w = rc[l];
+                        for (int p = 0; p < pp; p += W) STORE(d_yg + l * pp + p) += w * LOAD(tx + p);
                     }
                 }
             }
@@ -158,10 +147,7 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
                 REAL *ds = d_sh + e * k2;
                 for (int l = 0; l < n2; ++l) {
                     for (int k = l * l; k < (l + 1) * (l + 1); ++k) {
-                        const REAL *ys = ysh + (int64_t)k * pp;
-                        REAL acc = 0;
-                        for (int p = 0; p < pp; ++p) acc += ys[p] * d_yg[l * pp + p];
-                        ds[k] = acc;
+                        ds[k] = FN(dot)(ysh + (int64_t)k * pp, d_yg + l * pp, pp);
                     }
                 }
             }
@@ -170,3 +156,7 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
     free(scratch);
     return 0;
 }
+
+#undef STORE
+#undef LOAD
+#undef W

@@ -134,6 +134,8 @@ def _strides(x: Tensor | None) -> ctypes.Array:
 
 def _dims(hg: Tensor, n2: int) -> ctypes.Array:
     n, c, n1, pp = hg.shape
+    if pp % 8:
+        raise ValueError(f"grid points must be padded to a multiple of 8, got {pp}")
     return (_INT * 6)(n, c, n1, n2, n2 * n2, pp)
 
 
