@@ -20,7 +20,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from forcefield import so3
-from forcefield.so3 import fused_conv
+from forcefield.so3 import fused_conv, fused_powers
 
 from .constants import ConstantTables
 from .linear import DegreeLinear
@@ -263,7 +263,11 @@ class GauntManyBodyProduct(nn.Module):
         norms = [torch.ones((lmax_out + 1) ** 2, dtype=torch.float64)]
         for nu, mod in zip(range(2, correlation + 1), self.powers, strict=False):
             norms.append(power_normalisation(mod, lmax_in, nu, lmax_out)[nu - 1])
-        self._tables = ConstantTables(norm=torch.stack(norms))
+        # method auto/fused on CPU: all orders from one grid on the C kernel (fused_powers);
+        # elsewhere (GPU, no compiler) the GauntPowers modules
+        self.fused = method in ("auto", "fused") and correlation > 1
+        grid = fused_powers.powers_tables(lmax_in, correlation, lmax_out) if self.fused else {}
+        self._tables = ConstantTables(norm=torch.stack(norms), **grid)
         self.weight_in = nn.Parameter(torch.ones(num_elements, correlation, channels, lmax_in + 1))
         self.weight_out = nn.Parameter(
             torch.randn(num_elements, correlation, channels, lmax_out + 1) / math.sqrt(correlation)
@@ -271,12 +275,21 @@ class GauntManyBodyProduct(nn.Module):
         self.register_buffer("deg_in", so3.degree_index(lmax_in), persistent=False)
         self.register_buffer("deg_out", so3.degree_index(lmax_out), persistent=False)
 
+    def use_kernel(self, a: torch.Tensor) -> bool:
+        """Whether this call takes the fused CPU kernel (method auto/fused, CPU, built)."""
+        return self.fused and fused_conv.supports(a)
+
     def forward(self, a: torch.Tensor, species_idx: torch.Tensor) -> torch.Tensor:
         k_out = (self.lmax_out + 1) ** 2
         w_in = self.weight_in[species_idx]  # [N, nu, C, L_in+1]
         w_out = self.weight_out[species_idx][..., self.deg_out]  # [N, nu, C, K_out]
-        norm = self._tables.get(a)["norm"]
+        t = self._tables.get(a)
+        norm = t["norm"]
         out = a[:, :, :k_out] * w_out[:, 0] * norm[0]
+        if self.use_kernel(a):
+            # q [N, nu, C, K_out]: the projected powers x_nu^nu, nu = 2 .. correlation
+            q = fused_powers.PowersFunction.apply(a, self.weight_in[species_idx][:, 1:], t, 2)
+            return out + (q * (norm[1:, None, :] * w_out[:, 1:])).sum(1)
         for nu in range(2, self.correlation + 1):
             x = a * w_in[:, nu - 1][..., self.deg_in]
             p = self.powers[nu - 2](x)[..., nu - 1, :]

@@ -26,6 +26,10 @@
  * k < n2^2; ysh [n2^2][pp] (zero on padded points); dims = {N, C, n1, n2, n2^2, pp}.
  * Outputs d_hg like hg, d_wn [E][C][n1], d_r [E][C][n2], d_sh [E][n2^2], all contiguous.
  *
+ * The same file holds the kernels of the Gaunt powers of the many-body product
+ * (powers_forward / powers_backward in the body): per node and channel, grid values of the
+ * feature, weighted per degree, raised to each order and projected, all in registers.
+ *
  * With GCC on x86 each function is compiled for AVX2+FMA and for the baseline instruction
  * set and picks at run time, as _grid_kernel.c does.
  */
@@ -133,6 +137,23 @@ static int use_avx2(void)
 
 EXPORT(f32, float)
 EXPORT(f64, double)
+
+#define EXPORT_POWERS(T, REAL_T)                                                             \
+    int gaunt_powers_forward_##T(const int64_t *dims, const REAL_T *a, const REAL_T *w,      \
+                                 const REAL_T *y, const REAL_T *proj, REAL_T *q,             \
+                                 int64_t begin, int64_t end)                                 \
+    {                                                                                        \
+        return DISPATCH(powers_forward, T, dims, a, w, y, proj, q, begin, end);              \
+    }                                                                                        \
+    int gaunt_powers_backward_##T(const int64_t *dims, const REAL_T *a, const REAL_T *w,     \
+                                  const REAL_T *y, const REAL_T *proj, const REAL_T *g,      \
+                                  REAL_T *da, REAL_T *dw, int64_t begin, int64_t end)        \
+    {                                                                                        \
+        return DISPATCH(powers_backward, T, dims, a, w, y, proj, g, da, dw, begin, end);     \
+    }
+
+EXPORT_POWERS(f32, float)
+EXPORT_POWERS(f64, double)
 
 static struct PyModuleDef conv_kernel_module = {
     PyModuleDef_HEAD_INIT, "_conv_kernel",

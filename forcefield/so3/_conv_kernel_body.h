@@ -157,6 +157,98 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
     return 0;
 }
 
+/* Gaunt powers of the many-body product, for nodes [begin, end): per node and channel,
+ * A[l][p] = sum_m a[l m] y[l m][p] (grid values per degree), then for each order
+ * nu = nu0 .. nu0 + n_nu - 1: X = sum_l w[nu][l] A[l], q[nu][k] = sum_p proj[k][p] X^nu.
+ * dims = {N, C, K1 = n1^2, n1, n_nu, nu0, pp, K_out}; a [N][C][K1], w [N][n_nu][C][n1],
+ * y [K1][pp], proj [K_out][pp] (quadrature weights included), q [N][n_nu][C][K_out]. */
+INLINE void FN(node_grid)(const REAL *restrict a, const REAL *restrict y, int n1, int pp,
+                          REAL *restrict ag)
+{
+    FN(filter_grid)(a, y, n1, pp, ag);
+}
+
+INLINE VW FN(power)(VW x, int nu)
+{
+    VW v = x;
+    for (int k = 1; k < nu; ++k) v *= x;
+    return v;
+}
+
+static int FN(powers_forward)(const int64_t *dims, const REAL *a, const REAL *w, const REAL *y,
+                              const REAL *proj, REAL *q, int64_t begin, int64_t end)
+{
+    const int channels = (int)dims[1], k1 = (int)dims[2], n1 = (int)dims[3];
+    const int n_nu = (int)dims[4], nu0 = (int)dims[5], pp = (int)dims[6], ko = (int)dims[7];
+    REAL *ag = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (n1 + 1) + 64);
+    if (ag == NULL) return 1;
+    REAL *v = ag + n1 * pp;
+    for (int64_t n = begin; n < end; ++n) {
+        for (int c = 0; c < channels; ++c) {
+            FN(node_grid)(a + (n * channels + c) * k1, y, n1, pp, ag);
+            for (int j = 0; j < n_nu; ++j) {
+                const REAL *wc = w + ((n * n_nu + j) * channels + c) * n1;
+                for (int p = 0; p < pp; p += W)
+                    STORE(v + p) = FN(power)(FN(chunk_x)(ag + p, wc, n1, pp), nu0 + j);
+                REAL *qc = q + ((n * n_nu + j) * channels + c) * ko;
+                for (int k = 0; k < ko; ++k) qc[k] = FN(dot)(proj + (int64_t)k * pp, v, pp);
+            }
+        }
+    }
+    free(ag);
+    return 0;
+}
+
+/* The backward of powers_forward: with g like q, da [N][C][K1] and dw like w (each
+ * written where not NULL) are the gradients of sum g * q. */
+static int FN(powers_backward)(const int64_t *dims, const REAL *a, const REAL *w,
+                               const REAL *y, const REAL *proj, const REAL *g, REAL *da,
+                               REAL *dw, int64_t begin, int64_t end)
+{
+    const int channels = (int)dims[1], k1 = (int)dims[2], n1 = (int)dims[3];
+    const int n_nu = (int)dims[4], nu0 = (int)dims[5], pp = (int)dims[6], ko = (int)dims[7];
+    REAL *ag = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (2 * n1 + 1) + 64);
+    if (ag == NULL) return 1;
+    REAL *d_ag = ag + n1 * pp, *t = d_ag + n1 * pp;
+    for (int64_t n = begin; n < end; ++n) {
+        for (int c = 0; c < channels; ++c) {
+            FN(node_grid)(a + (n * channels + c) * k1, y, n1, pp, ag);
+            for (int d = 0; d < n1 * pp; ++d) d_ag[d] = 0;
+            for (int j = 0; j < n_nu; ++j) {
+                const int nu = nu0 + j;
+                const int64_t row = (n * n_nu + j) * channels + c;
+                const REAL *wc = w + row * n1, *gc = g + row * ko;
+                /* t = nu X^(nu-1) * sum_k proj[k] g[k]: the gradient of X */
+                for (int p = 0; p < pp; p += W) {
+                    VW gv = gc[0] * LOAD(proj + p);
+                    for (int k = 1; k < ko; ++k) gv += gc[k] * LOAD(proj + (int64_t)k * pp + p);
+                    const VW x = FN(chunk_x)(ag + p, wc, n1, pp);
+                    STORE(t + p) = ((REAL)nu * FN(power)(x, nu - 1)) * gv;
+                }
+                if (dw) {
+                    REAL *dwc = dw + row * n1;
+                    for (int l = 0; l < n1; ++l) dwc[l] = FN(dot)(ag + l * pp, t, pp);
+                }
+                if (da) {
+                    for (int l = 0; l < n1; ++l) {
+                        const REAL wl = wc[l];
+                        for (int p = 0; p < pp; p += W)
+                            STORE(d_ag + l * pp + p) += wl * LOAD(t + p);
+                    }
+                }
+            }
+            if (da) {
+                REAL *dac = da + (n * channels + c) * k1;
+                for (int l = 0; l < n1; ++l)
+                    for (int k = l * l; k < (l + 1) * (l + 1); ++k)
+                        dac[k] = FN(dot)(y + (int64_t)k * pp, d_ag + l * pp, pp);
+            }
+        }
+    }
+    free(ag);
+    return 0;
+}
+
 #undef STORE
 #undef LOAD
 #undef W

@@ -186,3 +186,61 @@ def senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor, g
          ysh.data_ptr(), g.data_ptr(), index.receiver.data_ptr(), index.send_ptr.data_ptr(),
          index.send_perm.data_ptr(), *(_pointer(o) for o in outputs))
     return outputs
+
+
+_POWERS_FORWARD_ARGS = [_POINTER] * 6 + [_INT] * 2
+_POWERS_BACKWARD_ARGS = [_POINTER] * 8 + [_INT] * 2
+
+
+def _powers_function(name: str, dtype: torch.dtype):
+    library = _library()
+    function = getattr(library, f"gaunt_powers_{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+    if function.argtypes is None:
+        function.restype = ctypes.c_int
+        function.argtypes = _POWERS_FORWARD_ARGS if name == "forward" else _POWERS_BACKWARD_ARGS
+    return function
+
+
+_MIN_ROWS_PER_THREAD = 2048  # (node, channel) rows of the powers kernels
+
+
+def _even_ranges(count: int, channels: int) -> list[tuple[int, int]]:
+    """Equal node ranges, one per thread, each with enough (node, channel) rows."""
+    workers = max(1, min(torch.get_num_threads(), count * channels // _MIN_ROWS_PER_THREAD,
+                         count))
+    step = -(-count // workers)
+    return [(start, min(count, start + step)) for start in range(0, count, step)]
+
+
+def _powers_dims(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int) -> ctypes.Array:
+    n, c, k1 = a.shape
+    return (_INT * 8)(n, c, k1, w.shape[-1], w.shape[1], nu0, y.shape[1], proj.shape[0])
+
+
+def powers_forward(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int) -> Tensor:
+    """q [N, n_nu, C, K_out]: per node and channel, the projections of
+    (sum_l w[nu, l] a_l)^nu on the grid, nu = nu0 .. nu0 + n_nu - 1 (``_conv_kernel.c``).
+    ``a`` [N, C, K1], ``w`` [N, n_nu, C, L1+1], ``y`` [K1, pp], ``proj`` [K_out, pp]."""
+    a, w = a.contiguous(), w.contiguous()
+    q = torch.empty(a.shape[0], w.shape[1], a.shape[1], proj.shape[0], dtype=a.dtype)
+    if q.numel() == 0:
+        return q
+    _run(_powers_function("forward", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
+         _powers_dims(a, w, y, proj, nu0), a.data_ptr(), w.data_ptr(), y.data_ptr(),
+         proj.data_ptr(), q.data_ptr())
+    return q
+
+
+def powers_backward(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int, g: Tensor,
+                    want: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of sum(g * powers_forward(a, w)) with respect to a and w (as flagged)."""
+    a, w, g = a.contiguous(), w.contiguous(), g.contiguous()
+    da = torch.empty_like(a) if want[0] else None
+    dw = torch.empty_like(w) if want[1] else None
+    if a.numel() == 0 or w.numel() == 0 or (da is None and dw is None):
+        return (torch.zeros_like(a) if want[0] else None,
+                torch.zeros_like(w) if want[1] else None)
+    _run(_powers_function("backward", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
+         _powers_dims(a, w, y, proj, nu0), a.data_ptr(), w.data_ptr(), y.data_ptr(),
+         proj.data_ptr(), g.data_ptr(), _pointer(da), _pointer(dw))
+    return da, dw
