@@ -121,3 +121,33 @@ def test_periodic_forces_and_stress_finite_differences_torch_route(model, torch_
 def test_extensive_and_isolated_atoms_torch_route(model, torch_route):
     physics.test_far_apart_copies_double_the_energy(model)
     physics.test_isolated_atom_gives_e0(model, 8)
+
+
+def test_environment_variable_selects_the_torch_route() -> None:
+    """FORCEFIELD_NO_CPU_KERNEL=1 (or no compiler): no fused kernel, same model numbers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_model as physics\n"
+        "from forcefield.so3 import conv_kernel\n"
+        "assert not conv_kernel.available()\n"
+        "model = physics.make_model(seed=1)\n"
+        "conv = model.interactions[1].conv\n"
+        "h = torch.zeros(1, conv.channels, 9, dtype=torch.float64)\n"
+        "assert not conv.use_kernel(h) and not model.interactions[0].product.use_kernel(h)\n"
+        "out = model(physics.batch_of(physics.periodic_cell()), compute_stress=True)\n"
+        "print(repr(float(out['energy'][0])), repr(float(out['forces'].abs().sum())))\n"
+    )
+    env = {**__import__("os").environ, "FORCEFIELD_NO_CPU_KERNEL": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    energy, forces = (float(v) for v in res.stdout.split())
+    model = physics.make_model(seed=1)
+    out = model(physics.batch_of(physics.periodic_cell()), compute_stress=True)
+    assert abs(float(out["energy"][0]) - energy) < 1e-10
+    assert abs(float(out["forces"].abs().sum()) - forces) < 1e-9
