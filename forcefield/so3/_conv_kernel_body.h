@@ -8,6 +8,7 @@
  */
 
 #define W ((int)(sizeof(VW) / sizeof(REAL)))
+#define MAXL 8 /* degrees 0..7 per operand */
 #define LOAD(ptr) (*(const VW *)(ptr))
 #define STORE(ptr) (*(VW *)(ptr))
 
@@ -53,6 +54,102 @@ INLINE VW FN(chunk_y)(const REAL *restrict yg, const REAL *restrict r, int n2, i
     return y;
 }
 
+/* horizontal sum of a vector, in a fixed order */
+INLINE REAL FN(hsum)(VW acc)
+{
+    REAL t[8];
+    memcpy(t, &acc, sizeof(acc));
+    if (W == 8) return ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+/* One incoming edge of a receiving node: zi[c][p] += X[c][p] * Yv[c][p] for every channel.
+ * Always inlined into a switch over small constant (n1, n2, has_wn), so that the loops
+ * over degrees unroll and the weights and sums stay in registers. */
+INLINE void FN(receive_edge)(const REAL *restrict hs, const REAL *we, int64_t ws1,
+                             const REAL *re, int64_t rs1, const REAL *restrict yg,
+                             REAL *restrict zi, int channels, int n1, int n2, int pp,
+                             int has_wn)
+{
+    for (int c = 0; c < channels; ++c) {
+        const REAL *hc = hs + (int64_t)c * n1 * pp, *rc = re + c * rs1;
+        const REAL *wc = has_wn ? we + c * ws1 : NULL;
+        REAL wl[MAXL], rl[MAXL];
+        for (int l = 0; l < n1; ++l) wl[l] = has_wn ? wc[l] : (REAL)1;
+        for (int l = 0; l < n2; ++l) rl[l] = rc[l];
+        REAL *restrict zc = zi + (int64_t)c * pp;
+        for (int p = 0; p < pp; p += W) {
+            VW x = wl[0] * LOAD(hc + p), y = rl[0] * LOAD(yg + p);
+            for (int l = 1; l < n1; ++l) x += wl[l] * LOAD(hc + l * pp + p);
+            for (int l = 1; l < n2; ++l) y += rl[l] * LOAD(yg + l * pp + p);
+            STORE(zc + p) += x * y;
+        }
+    }
+}
+
+/* One outgoing edge of a sending node, every channel: with ty = G Yv (the gradient of X)
+ * and tx = G X (the gradient of Yv), dh += w ty, d_wn = sum_p hg ty, d_r = sum_p Yg tx,
+ * d_yg += r tx (outputs NULL are skipped).  Specialised like receive_edge. */
+INLINE void FN(send_edge)(const REAL *restrict hn, REAL *restrict dh, const REAL *we,
+                          int64_t ws1, const REAL *re, int64_t rs1, const REAL *restrict yg,
+                          REAL *restrict d_yg, const REAL *restrict ge, REAL *restrict dwe,
+                          REAL *restrict dre, int channels, int n1, int n2, int pp,
+                          int has_wn)
+{
+    const int need_y = dh != NULL || dwe != NULL, need_x = dre != NULL || d_yg != NULL;
+    for (int c = 0; c < channels; ++c) {
+        const REAL *hc = hn + (int64_t)c * n1 * pp, *gc = ge + (int64_t)c * pp;
+        const REAL *rc = re + c * rs1;
+        const REAL *wc = has_wn ? we + c * ws1 : NULL;
+        REAL *dc = dh ? dh + (int64_t)c * n1 * pp : NULL;
+        REAL wl[MAXL], rl[MAXL];
+        for (int l = 0; l < n1; ++l) wl[l] = has_wn ? wc[l] : (REAL)1;
+        for (int l = 0; l < n2; ++l) rl[l] = rc[l];
+        VW acc_w[MAXL], acc_r[MAXL];
+        for (int l = 0; l < n1; ++l) acc_w[l] = LOAD(gc) * (REAL)0;
+        for (int l = 0; l < n2; ++l) acc_r[l] = LOAD(gc) * (REAL)0;
+        for (int p = 0; p < pp; p += W) {
+            const VW gv = LOAD(gc + p);
+            if (need_y) {
+                VW y = rl[0] * LOAD(yg + p);
+                for (int l = 1; l < n2; ++l) y += rl[l] * LOAD(yg + l * pp + p);
+                const VW ty = gv * y;
+                if (dc)
+                    for (int l = 0; l < n1; ++l) STORE(dc + l * pp + p) += wl[l] * ty;
+                if (dwe)
+                    for (int l = 0; l < n1; ++l) acc_w[l] += LOAD(hc + l * pp + p) * ty;
+            }
+            if (need_x) {
+                VW x = wl[0] * LOAD(hc + p);
+                for (int l = 1; l < n1; ++l) x += wl[l] * LOAD(hc + l * pp + p);
+                const VW tx = gv * x;
+                if (dre)
+                    for (int l = 0; l < n2; ++l) acc_r[l] += LOAD(yg + l * pp + p) * tx;
+                if (d_yg)
+                    for (int l = 0; l < n2; ++l) STORE(d_yg + l * pp + p) += rl[l] * tx;
+            }
+        }
+        if (dwe)
+            for (int l = 0; l < n1; ++l) dwe[c * n1 + l] = FN(hsum)(acc_w[l]);
+        if (dre)
+            for (int l = 0; l < n2; ++l) dre[c * n2 + l] = FN(hsum)(acc_r[l]);
+    }
+}
+
+/* the (n1, n2, has_wn) of the model's layers get their own unrolled copies */
+#define SPECIALISE(CALL)                                                                     \
+    switch (n1 * 100 + n2 * 10 + has_wn) {                                                   \
+    case 120: CALL(1, 2, 0); break;                                                          \
+    case 130: CALL(1, 3, 0); break;                                                          \
+    case 140: CALL(1, 4, 0); break;                                                          \
+    case 221: CALL(2, 2, 1); break;                                                          \
+    case 231: CALL(2, 3, 1); break;                                                          \
+    case 331: CALL(3, 3, 1); break;                                                          \
+    case 341: CALL(3, 4, 1); break;                                                          \
+    case 441: CALL(4, 4, 1); break;                                                          \
+    default: CALL(n1, n2, has_wn); break;                                                    \
+    }
+
 /* Partial of T with respect to G: for each receiving node in [begin, end), the sum over its
  * incoming edges (CSR: ptr, perm) of X * Yv on the grid, written to z [N][C][pp]. */
 static int FN(conv_receivers)(const int64_t *dims, const REAL *hg, const REAL *wn,
@@ -62,6 +159,8 @@ static int FN(conv_receivers)(const int64_t *dims, const REAL *hg, const REAL *w
                               const int64_t *perm, REAL *z, int64_t begin, int64_t end)
 {
     const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3], pp = (int)dims[5];
+    const int has_wn = wn != NULL;
+    if (n1 > MAXL || n2 > MAXL) return 2;
     REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * n2 + 64);
     if (yg == NULL) return 1;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
@@ -71,15 +170,13 @@ static int FN(conv_receivers)(const int64_t *dims, const REAL *hg, const REAL *w
         for (int64_t q = ptr[i]; q < ptr[i + 1]; ++q) {
             const int64_t e = perm[q];
             const REAL *hs = hg + sender[e] * node_stride;
+            const REAL *we = has_wn ? wn + e * wn_strides[0] : NULL;
+            const REAL *re = r + e * r_strides[0];
             FN(filter_grid)(sh + e * sh_stride, ysh, n2, pp, yg);
-            for (int c = 0; c < channels; ++c) {
-                const REAL *hc = hs + (int64_t)c * n1 * pp;
-                const REAL *wc = wn ? wn + e * wn_strides[0] + c * wn_strides[1] : NULL;
-                const REAL *rc = r + e * r_strides[0] + c * r_strides[1];
-                REAL *restrict zc = zi + (int64_t)c * pp;
-                for (int p = 0; p < pp; p += W)
-                    STORE(zc + p) += FN(chunk_x)(hc + p, wc, n1, pp) * FN(chunk_y)(yg + p, rc, n2, pp);
-            }
+#define RECEIVE(A, B, H) \
+    FN(receive_edge)(hs, we, wn_strides[1], re, r_strides[1], yg, zi, channels, A, B, pp, H)
+            SPECIALISE(RECEIVE)
+#undef RECEIVE
         }
     }
     free(yg);
@@ -98,10 +195,11 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
 {
     const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3];
     const int k2 = (int)dims[4], pp = (int)dims[5];
-    const int need_x = d_r != NULL || d_sh != NULL, need_y = d_hg != NULL || d_wn != NULL;
-    REAL *scratch = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (2 * n2 + 2) + 64);
-    if (scratch == NULL) return 1;
-    REAL *yg = scratch, *d_yg = yg + n2 * pp, *tx = d_yg + n2 * pp, *ty = tx + pp;
+    const int has_wn = wn != NULL;
+    if (n1 > MAXL || n2 > MAXL) return 2;
+    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * 2 * n2 + 64);
+    if (yg == NULL) return 1;
+    REAL *d_yg = d_sh ? yg + n2 * pp : NULL;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
     for (int64_t n = begin; n < end; ++n) {
         const REAL *hn = hg + n * node_stride;
@@ -110,52 +208,30 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
         for (int64_t q = ptr[n]; q < ptr[n + 1]; ++q) {
             const int64_t e = perm[q];
             const REAL *ge = g + receiver[e] * channels * pp;
+            const REAL *we = has_wn ? wn + e * wn_strides[0] : NULL;
+            const REAL *re = r + e * r_strides[0];
+            REAL *dwe = d_wn ? d_wn + e * channels * n1 : NULL;
+            REAL *dre = d_r ? d_r + e * channels * n2 : NULL;
             FN(filter_grid)(sh + e * sh_stride, ysh, n2, pp, yg);
-            if (d_sh) for (int d = 0; d < n2 * pp; ++d) d_yg[d] = 0;
-            for (int c = 0; c < channels; ++c) {
-                const REAL *hc = hn + (int64_t)c * n1 * pp, *gc = ge + (int64_t)c * pp;
-                const REAL *wc = wn ? wn + e * wn_strides[0] + c * wn_strides[1] : NULL;
-                const REAL *rc = r + e * r_strides[0] + c * r_strides[1];
-                /* ty = G * Yv (the gradient of X), tx = G * X (the gradient of Yv) */
-                for (int p = 0; p < pp; p += W) {
-                    if (need_y) STORE(ty + p) = LOAD(gc + p) * FN(chunk_y)(yg + p, rc, n2, pp);
-                    if (need_x) STORE(tx + p) = LOAD(gc + p) * FN(chunk_x)(hc + p, wc, n1, pp);
-                }
-                if (dh) {
-                    REAL *dc = dh + (int64_t)c * n1 * pp;
-                    for (int l = 0; l < n1; ++l) {
-                        const REAL w = wc ? wc[l] : (REAL)1;
-                        for (int p = 0; p < pp; p += W) STORE(dc + l * pp + p) += w * LOAD(ty + p);
-                    }
-                }
-                if (d_wn) {
-                    REAL *dw = d_wn + (e * channels + c) * n1;
-                    for (int l = 0; l < n1; ++l) dw[l] = FN(dot)(hc + l * pp, ty, pp);
-                }
-                if (d_r) {
-                    REAL *dr = d_r + (e * channels + c) * n2;
-                    for (int l = 0; l < n2; ++l) dr[l] = FN(dot)(yg + l * pp, tx, pp);
-                }
-                if (d_sh) {
-                    for (int l = 0; l < n2; ++l) {
-                        const REAL w = rc[l];
-                        for (int p = 0; p < pp; p += W) STORE(d_yg + l * pp + p) += w * LOAD(tx + p);
-                    }
-                }
-            }
+            if (d_yg) for (int d = 0; d < n2 * pp; ++d) d_yg[d] = 0;
+#define SEND(A, B, H)                                                                          \
+    FN(send_edge)(hn, dh, we, wn_strides[1], re, r_strides[1], yg, d_yg, ge, dwe, dre, channels, \
+                  A, B, pp, H)
+            SPECIALISE(SEND)
+#undef SEND
             if (d_sh) {
                 REAL *ds = d_sh + e * k2;
-                for (int l = 0; l < n2; ++l) {
-                    for (int k = l * l; k < (l + 1) * (l + 1); ++k) {
+                for (int l = 0; l < n2; ++l)
+                    for (int k = l * l; k < (l + 1) * (l + 1); ++k)
                         ds[k] = FN(dot)(ysh + (int64_t)k * pp, d_yg + l * pp, pp);
-                    }
-                }
             }
         }
     }
-    free(scratch);
+    free(yg);
     return 0;
 }
+
+#undef SPECIALISE
 
 /* Gaunt powers of the many-body product, for nodes [begin, end): per node and channel,
  * A[l][p] = sum_m a[l m] y[l m][p] (grid values per degree), then for each order
@@ -251,4 +327,5 @@ static int FN(powers_backward)(const int64_t *dims, const REAL *a, const REAL *w
 
 #undef STORE
 #undef LOAD
+#undef MAXL
 #undef W

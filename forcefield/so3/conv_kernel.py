@@ -115,6 +115,8 @@ def _run(function, ranges: list[tuple[int, int]], *args) -> None:
         status = [one(ranges[0])]
     else:
         status = list(grid_kernel._pool(len(ranges)).map(one, ranges))
+    if any(status == 2 for status in status):
+        raise ValueError("the Gaunt convolution kernel takes degrees up to 7 per operand")
     if any(status):
         raise MemoryError("the Gaunt convolution kernel could not allocate its scratch buffer")
 
