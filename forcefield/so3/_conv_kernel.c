@@ -27,7 +27,7 @@
  * Outputs d_hg like hg, d_wn [E][C][n1], d_r [E][C][n2], d_sh [E][n2^2], all contiguous.
  *
  * The same file holds the kernels of the Gaunt powers of the many-body product
- * (powers_forward / powers_backward in the body): per node and channel, grid values of the
+ * (powers_forward / powers_backward / powers_double in the body): per node and channel, grid values of the
  * feature, weighted per degree, raised to each order and projected, all in registers.
  *
  * With GCC on x86 each function is compiled for AVX2+FMA and for the baseline instruction
@@ -150,6 +150,14 @@ EXPORT(f64, double)
                                   REAL_T *da, REAL_T *dw, int64_t begin, int64_t end)        \
     {                                                                                        \
         return DISPATCH(powers_backward, T, dims, a, w, y, proj, g, da, dw, begin, end);     \
+    }                                                                                        \
+    int gaunt_powers_double_##T(const int64_t *dims, const REAL_T *a, const REAL_T *w,       \
+                                const REAL_T *y, const REAL_T *proj, const REAL_T *g,        \
+                                const REAL_T *u, const REAL_T *vw, REAL_T *ga, REAL_T *gw,   \
+                                REAL_T *gg, int64_t begin, int64_t end)                      \
+    {                                                                                        \
+        return DISPATCH(powers_double, T, dims, a, w, y, proj, g, u, vw, ga, gw, gg, begin,  \
+                        end);                                                                \
     }
 
 EXPORT_POWERS(f32, float)

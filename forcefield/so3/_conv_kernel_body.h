@@ -244,8 +244,10 @@ INLINE void FN(node_grid)(const REAL *restrict a, const REAL *restrict y, int n1
     FN(filter_grid)(a, y, n1, pp, ag);
 }
 
+/* x^nu for nu >= 0 */
 INLINE VW FN(power)(VW x, int nu)
 {
+    if (nu == 0) return x * (REAL)0 + (REAL)1;
     VW v = x;
     for (int k = 1; k < nu; ++k) v *= x;
     return v;
@@ -318,6 +320,77 @@ static int FN(powers_backward)(const int64_t *dims, const REAL *a, const REAL *w
                 for (int l = 0; l < n1; ++l)
                     for (int k = l * l; k < (l + 1) * (l + 1); ++k)
                         dac[k] = FN(dot)(y + (int64_t)k * pp, d_ag + l * pp, pp);
+            }
+        }
+    }
+    free(ag);
+    return 0;
+}
+
+/* The double backward of powers_forward: given the incoming gradients u (for da, like a;
+ * NULL: zero) and vw (for dw, like w; NULL: zero) of the backward's outputs, the gradients
+ * of S = <u, da> + <vw, dw> with respect to a, w and g (each written where not NULL).
+ * With t = nu X^(nu-1) gv (gv = sum_k proj[k] g[k]), B = sum_l (w_l U_l + vw_l A_l) (U the
+ * per-degree grid values of u) and s = nu (nu-1) X^(nu-2) gv B:
+ *   ga[l m] = sum_p y[l m] sum_nu (w_l s + vw_l t),  gw[l] = sum_p (s A_l + t U_l),
+ *   gg[k] = sum_p proj[k] nu X^(nu-1) B. */
+static int FN(powers_double)(const int64_t *dims, const REAL *a, const REAL *w, const REAL *y,
+                             const REAL *proj, const REAL *g, const REAL *u, const REAL *vw,
+                             REAL *ga, REAL *gw, REAL *gg, int64_t begin, int64_t end)
+{
+    const int channels = (int)dims[1], k1 = (int)dims[2], n1 = (int)dims[3];
+    const int n_nu = (int)dims[4], nu0 = (int)dims[5], pp = (int)dims[6], ko = (int)dims[7];
+    REAL *ag = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (3 * n1 + 3) + 64);
+    if (ag == NULL) return 1;
+    REAL *ug = ag + n1 * pp, *d_ag = ug + n1 * pp, *s = d_ag + n1 * pp, *t = s + pp, *m = t + pp;
+    for (int64_t n = begin; n < end; ++n) {
+        for (int c = 0; c < channels; ++c) {
+            const int64_t node_row = n * channels + c;
+            FN(node_grid)(a + node_row * k1, y, n1, pp, ag);
+            if (u) FN(node_grid)(u + node_row * k1, y, n1, pp, ug);
+            for (int d = 0; d < n1 * pp; ++d) d_ag[d] = 0;
+            for (int j = 0; j < n_nu; ++j) {
+                const int nu = nu0 + j;
+                const int64_t row = (n * n_nu + j) * channels + c;
+                const REAL *wc = w + row * n1, *gc = g + row * ko;
+                const REAL *vc = vw ? vw + row * n1 : NULL;
+                for (int p = 0; p < pp; p += W) {
+                    VW gv = gc[0] * LOAD(proj + p);
+                    for (int k = 1; k < ko; ++k) gv += gc[k] * LOAD(proj + (int64_t)k * pp + p);
+                    const VW x = FN(chunk_x)(ag + p, wc, n1, pp);
+                    VW b = LOAD(gc) * (REAL)0;
+                    if (u) b += FN(chunk_x)(ug + p, wc, n1, pp);
+                    if (vc) b += FN(chunk_x)(ag + p, vc, n1, pp);
+                    const VW xm2 = FN(power)(x, nu - 2), xm1 = FN(power)(x, nu - 1);
+                    STORE(t + p) = ((REAL)nu * xm1) * gv;
+                    STORE(s + p) = ((REAL)(nu * (nu - 1)) * xm2) * gv * b;
+                    STORE(m + p) = ((REAL)nu * xm1) * b;
+                }
+                if (gw) {
+                    REAL *gwc = gw + row * n1;
+                    for (int l = 0; l < n1; ++l) {
+                        REAL acc = FN(dot)(ag + l * pp, s, pp);
+                        if (u) acc += FN(dot)(ug + l * pp, t, pp);
+                        gwc[l] = acc;
+                    }
+                }
+                if (ga) {
+                    for (int l = 0; l < n1; ++l) {
+                        const REAL wl = wc[l], vl = vc ? vc[l] : (REAL)0;
+                        for (int p = 0; p < pp; p += W)
+                            STORE(d_ag + l * pp + p) += wl * LOAD(s + p) + vl * LOAD(t + p);
+                    }
+                }
+                if (gg) {
+                    REAL *ggc = gg + row * ko;
+                    for (int k = 0; k < ko; ++k) ggc[k] = FN(dot)(proj + (int64_t)k * pp, m, pp);
+                }
+            }
+            if (ga) {
+                REAL *gac = ga + node_row * k1;
+                for (int l = 0; l < n1; ++l)
+                    for (int k = l * l; k < (l + 1) * (l + 1); ++k)
+                        gac[k] = FN(dot)(y + (int64_t)k * pp, d_ag + l * pp, pp);
             }
         }
     }

@@ -192,6 +192,7 @@ def senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor, g
 
 _POWERS_FORWARD_ARGS = [_POINTER] * 6 + [_INT] * 2
 _POWERS_BACKWARD_ARGS = [_POINTER] * 8 + [_INT] * 2
+_POWERS_DOUBLE_ARGS = [_POINTER] * 11 + [_INT] * 2
 
 
 def _powers_function(name: str, dtype: torch.dtype):
@@ -199,7 +200,8 @@ def _powers_function(name: str, dtype: torch.dtype):
     function = getattr(library, f"gaunt_powers_{name}_{'f32' if dtype == torch.float32 else 'f64'}")
     if function.argtypes is None:
         function.restype = ctypes.c_int
-        function.argtypes = _POWERS_FORWARD_ARGS if name == "forward" else _POWERS_BACKWARD_ARGS
+        function.argtypes = {"forward": _POWERS_FORWARD_ARGS, "backward": _POWERS_BACKWARD_ARGS,
+                             "double": _POWERS_DOUBLE_ARGS}[name]
     return function
 
 
@@ -246,3 +248,21 @@ def powers_backward(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int, g: 
          _powers_dims(a, w, y, proj, nu0), a.data_ptr(), w.data_ptr(), y.data_ptr(),
          proj.data_ptr(), g.data_ptr(), _pointer(da), _pointer(dw))
     return da, dw
+
+
+def powers_double(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int, g: Tensor,
+                  u: Tensor | None, vw: Tensor | None, want: tuple[bool, bool, bool]
+                  ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of <u, da> + <vw, dw> ((da, dw) = ``powers_backward``) with respect to
+    a, w and g, as flagged; u or vw None count as zero."""
+    a, w, g = a.contiguous(), w.contiguous(), g.contiguous()
+    u = None if u is None else u.contiguous()
+    vw = None if vw is None else vw.contiguous()
+    outputs = (torch.empty_like(a) if want[0] else None, torch.empty_like(w) if want[1] else None,
+               torch.empty_like(g) if want[2] else None)
+    if a.numel() == 0 or w.numel() == 0:
+        return tuple(None if o is None else o.zero_() for o in outputs)
+    _run(_powers_function("double", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
+         _powers_dims(a, w, y, proj, nu0), a.data_ptr(), w.data_ptr(), y.data_ptr(),
+         proj.data_ptr(), g.data_ptr(), _pointer(u), _pointer(vw), *(_pointer(o) for o in outputs))
+    return outputs

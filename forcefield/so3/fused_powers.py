@@ -7,9 +7,9 @@ highest power; lower powers are exact on it too) this is
 
     q[nu, k] = sum_p proj[k, p] (sum_l w[nu, l] A[l, p])^nu,   A[l, p] = sum_m a[l m] Y_lm(p)
 
-The kernel computes it per (node, channel) in registers (``conv_kernel.powers_forward``)
-and its backward likewise; the double backward (force training) differentiates the same
-formula written in torch (``powers_torch``), on per-node tensors only.
+The kernel computes it per (node, channel) in registers (``conv_kernel.powers_forward``),
+and its backward and double backward (force training) likewise; ``powers_torch`` is the
+same formula in torch, a test oracle.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def powers_torch(a: Tensor, w: Tensor, tables: dict[str, Tensor], nu0: int) -> T
 
 
 class _PowersBackward(torch.autograd.Function):
-    """(da, dw) = the kernel backward; its own backward differentiates ``powers_torch``."""
+    """(da, dw) = the kernel backward; its backward (the double backward of the powers) is a
+    third kernel, ``conv_kernel.powers_double`` (not differentiable again)."""
 
     @staticmethod
     def forward(ctx, a: Tensor, w: Tensor, g: Tensor, tables: dict[str, Tensor], nu0: int
@@ -75,15 +76,10 @@ class _PowersBackward(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_da: Tensor | None, grad_dw: Tensor | None):
         a, w, g = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [x.detach().requires_grad_() for x in (a, w, g)]
-            q = powers_torch(leaves[0], leaves[1], ctx.tables, ctx.nu0)
-            first = torch.autograd.grad(q, leaves[:2], leaves[2], create_graph=True)
-            pairs = [(f, v) for f, v in zip(first, (grad_da, grad_dw), strict=True)
-                     if v is not None]
-            grads = torch.autograd.grad([f for f, _ in pairs], leaves, [v for _, v in pairs],
-                                        allow_unused=True)
-        return (*(None if x is None else x for x in grads), None, None)
+        want = tuple(ctx.needs_input_grad[:3])
+        grads = conv_kernel.powers_double(a, w, ctx.tables["y"], ctx.tables["proj"], ctx.nu0, g,
+                                          grad_da, grad_dw, want)
+        return (*grads, None, None)
 
 
 class PowersFunction(torch.autograd.Function):
