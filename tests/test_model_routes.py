@@ -16,6 +16,7 @@ import pytest
 import test_model as physics
 import torch
 from ase import Atoms
+from torch_geometric.data import Batch
 
 from forcefield.so3 import conv_kernel, grid_kernel
 
@@ -151,3 +152,25 @@ def test_environment_variable_selects_the_torch_route() -> None:
     out = model(physics.batch_of(physics.periodic_cell()), compute_stress=True)
     assert abs(float(out["energy"][0]) - energy) < 1e-10
     assert abs(float(out["forces"].abs().sum()) - forces) < 1e-9
+
+
+@needs_kernel
+def test_batches_without_edges_or_atoms(model) -> None:
+    """Only isolated atoms (no edge at all: E0s exactly, zero forces) and an empty
+    structure, on both routes, with a training graph."""
+    lone = physics.batch_of(Atoms("C", positions=[[0.0, 0.0, 0.0]]),
+                            Atoms("O", positions=[[0.0, 0.0, 0.0]]))
+    for disabled in (False, True):
+        if disabled:
+            with grid_kernel.disabled():
+                out = model(lone, compute_stress=True, training=True)
+        else:
+            out = model(lone, compute_stress=True, training=True)
+        assert out["energy"].tolist() == [physics.E0S[6], physics.E0S[8]]
+        assert not out["forces"].detach().any()
+        out["energy"].sum().backward()
+    empty = physics.make_data(Atoms("C", positions=[[0.0, 0.0, 0.0]]))
+    empty.pos, empty.atomic_numbers = empty.pos[:0], empty.atomic_numbers[:0]
+    empty.natoms = torch.tensor([0])
+    out = model(Batch.from_data_list([empty]), compute_stress=True)
+    assert out["energy"].tolist() == [0.0] and out["forces"].shape == (0, 3)

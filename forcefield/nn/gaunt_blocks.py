@@ -72,6 +72,8 @@ class GauntConvolution(nn.Module):
     ``w`` (node side) and ``R`` (filter side) are per (channel, degree) radial weights from
     one bias-free radial MLP. Then a per-degree linear channel mix. Input features of degree
     <= lmax_in (0 for the first layer: then the product is just h_j * R * Y), output <= lmax_out.
+    On CPU the fused kernels of ``forcefield.so3.fused_conv`` compute it (``use_kernel``);
+    elsewhere the torch route below, with the same numbers.
     """
 
     def __init__(
@@ -288,7 +290,7 @@ class GauntManyBodyProduct(nn.Module):
         out = a[:, :, :k_out] * w_out[:, 0] * norm[0]
         if self.use_kernel(a):
             # q [N, nu, C, K_out]: the projected powers x_nu^nu, nu = 2 .. correlation
-            q = fused_powers.PowersFunction.apply(a, self.weight_in[species_idx][:, 1:], t, 2)
+            q = fused_powers.PowersFunction.apply(a, w_in[:, 1:], t, 2)
             return out + (q * (norm[1:, None, :] * w_out[:, 1:])).sum(1)
         for nu in range(2, self.correlation + 1):
             x = a * w_in[:, nu - 1][..., self.deg_in]
