@@ -10,6 +10,7 @@ the torch route's numbers on both presets' layer shapes.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -20,6 +21,14 @@ from forcefield.so3 import conv_kernel, fused_conv, grid_kernel
 
 F64 = torch.float64
 needs_kernel = pytest.mark.skipif(not conv_kernel.available(), reason="kernel not built")
+
+
+@pytest.mark.skipif(bool(os.environ.get("FORCEFIELD_NO_CPU_KERNEL")),
+                    reason="kernel disabled by FORCEFIELD_NO_CPU_KERNEL")
+def test_kernel_was_built_by_the_install() -> None:
+    assert conv_kernel.available(), (
+        "forcefield/so3/_conv_kernel*.so is missing: reinstall with a C compiler "
+        "(pip install -e .)")
 
 
 def graph(num_nodes: int, num_edges: int, seed: int = 0, skip: int | None = None):
