@@ -20,7 +20,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from forcefield import so3
-from forcefield.so3 import fused_conv, fused_powers
+from forcefield.so3 import conv_kernel, fused_conv, fused_powers
 
 from .constants import ConstantTables
 from .linear import DegreeLinear
@@ -163,9 +163,10 @@ class GauntConvolution(nn.Module):
 
     def use_kernel(self, h: torch.Tensor) -> bool:
         """Whether this call takes the fused CPU kernels (``forcefield.so3.fused_conv``):
-        method "auto"/"fused" (every method in the first layer), CPU float32/float64 and
-        the kernels built; else the torch route below."""
-        return (self.fused or self.lmax_in == 0) and fused_conv.supports(h)
+        method "auto"/"fused" (every method in the first layer), CPU float32/float64,
+        degrees <= 7 and the kernels built; else the torch route below."""
+        return ((self.fused or self.lmax_in == 0) and fused_conv.supports(h)
+                and max(self.lmax_in, self.lmax_sh) <= conv_kernel.MAX_DEGREE)
 
     def _kernel(self, h: torch.Tensor, w: torch.Tensor, sh: torch.Tensor,
                 sender: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:

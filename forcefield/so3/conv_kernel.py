@@ -21,6 +21,7 @@ from torch import Tensor
 from forcefield.so3 import grid_kernel
 
 _MIN_EDGES_PER_THREAD = 256
+MAX_DEGREE = 7  # per operand of the convolution kernels (MAXL in _conv_kernel_body.h)
 _POINTER = ctypes.c_void_p
 _INT = ctypes.c_int64
 _RECEIVERS_ARGS = [_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER] * 5 + [_INT] * 2
@@ -115,8 +116,8 @@ def _run(function, ranges: list[tuple[int, int]], *args) -> None:
         status = [one(ranges[0])]
     else:
         status = list(grid_kernel._pool(len(ranges)).map(one, ranges))
-    if any(status == 2 for status in status):
-        raise ValueError("the Gaunt convolution kernel takes degrees up to 7 per operand")
+    if any(code == 2 for code in status):
+        raise ValueError(f"the convolution kernel takes degrees up to {MAX_DEGREE} per operand")
     if any(status):
         raise MemoryError("the Gaunt convolution kernel could not allocate its scratch buffer")
 
