@@ -16,6 +16,10 @@ integrator) is reported as a fraction of the step.
 mace-torch is not a dependency of forcefield: it lives in .venv-mace
 (scripts/setup_mace_env.sh) and its cases run with that interpreter.
 
+The "before" column is our calculator on its torch route (FORCEFIELD_NO_CPU_KERNEL=1: no
+fused C kernels, as on a GPU or an install without a compiler), run interleaved with the
+others, so the kernels' own gain is visible.
+
     python scripts/bench_md.py                                 # everything, 1 thread, float64
     python scripts/bench_md.py --threads 2 --cases bulk:gaunt_mace_small molecule:gaunt_mace
     python scripts/bench_md.py --json bench_md.json --dtype float32
@@ -180,7 +184,7 @@ def worker(args) -> dict:
     preset = dict(PRESETS[args.preset])
     atoms = ase.io.read(args.structure)
     t0 = time.perf_counter()
-    calc, timer = (build_ours if args.worker == "ours" else build_mace)(args, preset, atoms)
+    calc, timer = (build_mace if args.worker == "mace" else build_ours)(args, preset, atoms)
     setup = time.perf_counter() - t0
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
@@ -205,7 +209,7 @@ def worker(args) -> dict:
     # the median step: robust to other processes competing for the CPU now and then
     median = float(np.median(durations))
     result = {
-        "impl": "forcefield" if args.worker == "ours" else "mace-torch",
+        "impl": {"ours": "forcefield", "before": "before"}.get(args.worker, "mace-torch"),
         "preset": args.preset,
         "natoms": len(atoms),
         "steps": steps,
@@ -214,8 +218,8 @@ def worker(args) -> dict:
         "mean_steps_per_second": steps / elapsed,
         "ms_per_step": 1000 * median,
         "setup_s": setup,
-        "params": sum(p.numel() for p in (calc.model if args.worker == "ours"
-                                          else calc.models[0]).parameters()),
+        "params": sum(p.numel() for p in (calc.models[0] if args.worker == "mace"
+                                          else calc.model).parameters()),
         "threads": args.threads,
         "dtype": args.dtype,
     }
@@ -234,6 +238,8 @@ def run_case(python, args, impl, preset, structure) -> dict:
            "--max-seconds", str(args.max_seconds)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONPATH=str(ROOT), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    if impl == "before":  # our calculator on its torch route
+        env["FORCEFIELD_NO_CPU_KERNEL"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -245,7 +251,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
                         help="SYSTEM:PRESET pairs; systems: " + ", ".join(SYSTEMS))
-    parser.add_argument("--impls", nargs="+", default=["ours", "mace"], choices=["ours", "mace"])
+    parser.add_argument("--impls", nargs="+", default=["ours", "before", "mace"],
+                        choices=["ours", "before", "mace"],
+                        help="before: ours on the torch route (no fused C kernels)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--device", default="cpu")
@@ -259,7 +267,7 @@ def main(argv=None) -> int:
                         help="no further rounds once a case has taken this many seconds")
     parser.add_argument("--mace-python", default=str(DEFAULT_MACE_PYTHON))
     parser.add_argument("--json", help="write all results to this file")
-    parser.add_argument("--worker", choices=["ours", "mace"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "before", "mace"], help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--structure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -295,7 +303,7 @@ def main(argv=None) -> int:
             if round_ and time.perf_counter() - start > args.case_budget:
                 break
             for impl in impls:
-                python = sys.executable if impl == "ours" else mace_python
+                python = mace_python if impl == "mace" else sys.executable
                 res = run_case(python, args, impl, preset, structures[system])
                 res["system"] = system
                 res["load_average"] = os.getloadavg()[0]
@@ -314,22 +322,28 @@ def main(argv=None) -> int:
 
     print(f"\nMD (velocity Verlet, 0.5 fs) through the ASE calculator; {args.dtype}, "
           f"{args.threads} thread(s), device {args.device}\n", flush=True)
-    print("| system | atoms | model | forcefield steps/s | mace-torch steps/s | speed-up |"
-          " outside model |")
-    print("|---|---|---|---|---|---|---|")
+    print("| system | atoms | model | forcefield steps/s | before (torch route) steps/s |"
+          " kernel gain | mace-torch steps/s | speed-up vs mace | outside model | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for system, preset in cases:
         ours = next((r for r in results if r["system"] == system and r["preset"] == preset
                      and r.get("impl") in ("forcefield", "ours")), {})
         theirs = next((r for r in results if r["system"] == system and r["preset"] == preset
                        and r.get("impl") in ("mace-torch", "mace")), {})
+        old = next((r for r in results if r["system"] == system and r["preset"] == preset
+                    and r.get("impl") == "before"), {})
         a, b = ours.get("steps_per_second"), theirs.get("steps_per_second")
+        c = old.get("steps_per_second")
         speed = f"{a / b:.2f}x" if a and b else "-"
+        gain = f"{a / c:.2f}x" if a and c else "-"
         frac = ours.get("outside_model_fraction")
+        load = max((r.get("load_average", 0.0) for r in (ours, old, theirs)), default=0.0)
         print(f"| {system} | {ours.get('natoms', theirs.get('natoms', '-'))} | "
               f"{preset} ({PRESET_LABEL.get(preset, '')}) | "
               f"{f'{a:.3f}' if a else ours.get('error', '-')} | "
+              f"{f'{c:.3f}' if c else old.get('error', '-')} | {gain} | "
               f"{f'{b:.3f}' if b else theirs.get('error', '-')} | {speed} | "
-              f"{f'{100 * frac:.1f}%' if frac is not None else '-'} |")
+              f"{f'{100 * frac:.1f}%' if frac is not None else '-'} | {load:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

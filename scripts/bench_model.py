@@ -11,6 +11,10 @@ resident size after setup (model and batches built, before the first step), on C
 mace-torch is not a dependency of forcefield: it lives in .venv-mace (created by
 scripts/setup_mace_env.sh) and its side runs with that interpreter.
 
+A third column, "before", runs GauntMACE on its torch route (FORCEFIELD_NO_CPU_KERNEL=1:
+no fused C kernels, as on a GPU or an install without a compiler), side by side, so the
+kernels' own gain is visible (--no-before skips it).
+
     python scripts/bench_model.py                    # both presets, 1 thread
     python scripts/bench_model.py --presets gaunt_mace --threads 2 --json bench.json
     python scripts/bench_model.py --device cuda --batch-size 10
@@ -255,6 +259,9 @@ def worker(args) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 def run_one(python: str, impl: str, preset: str, mode: str, args) -> dict | None:
+    """One measurement in a fresh process; impl "before" is GauntMACE on its torch route."""
+    torch_route = impl == "before"
+    impl = "gaunt" if torch_route else impl
     cmd = [
         python, str(Path(__file__).resolve()), "--worker", impl, "--preset", preset,
         "--mode", mode, "--batch-size", str(args.batch_size), "--num-batches",
@@ -262,6 +269,8 @@ def run_one(python: str, impl: str, preset: str, mode: str, args) -> dict | None
         "--device", args.device, "--dtype", args.dtype,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+    if torch_route:
+        env["FORCEFIELD_NO_CPU_KERNEL"] = "1"
     if impl == "mace":
         # e3nn 0.4.4 (pinned by mace-torch) torch.load()s its own constants.pt, which
         # torch >= 2.6 refuses under the weights_only default: allow it for that process.
@@ -286,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--mace-python", default=str(DEFAULT_MACE_PYTHON))
     p.add_argument("--no-mace", action="store_true", help="only benchmark GauntMACE")
+    p.add_argument("--no-before", action="store_true",
+                   help="skip the 'before' column (GauntMACE on its torch route)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--worker", choices=["gaunt", "mace"], help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
@@ -305,8 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             row = {"preset": preset, "mode": mode}
             ours = run_one(sys.executable, "gaunt", preset, mode, args)
+            before = None if args.no_before else run_one(sys.executable, "before", preset,
+                                                         mode, args)
             theirs = run_one(args.mace_python, "mace", preset, mode, args) if have_mace else None
-            row["gaunt"], row["mace"] = ours, theirs
+            row["gaunt"], row["before"], row["mace"] = ours, before, theirs
+            if ours and before:
+                row["kernel_speedup"] = ours["steps_per_s"] / before["steps_per_s"]
+                row["kernel_memory_ratio"] = ours["peak_mb"] / max(before["peak_mb"], 1e-9)
             if ours and theirs:
                 row["speedup"] = ours["steps_per_s"] / theirs["steps_per_s"]
                 row["memory_ratio"] = ours["peak_mb"] / max(theirs["peak_mb"], 1e-9)
@@ -326,8 +342,11 @@ def _print_row(row: dict) -> None:
                 f"{r['peak_mb']:8.0f} MB")
 
     extra = ""
+    if row.get("before"):
+        extra += (f" | before {fmt(row['before'])}  kernels x{row['kernel_speedup']:.2f}"
+                  f" memory x{row['kernel_memory_ratio']:.2f}")
     if "speedup" in row:
-        extra = (f"  speedup x{row['speedup']:.2f} (CPU time x{row['cpu_time_ratio']:.2f})"
+        extra += (f"  vs mace x{row['speedup']:.2f} (CPU time x{row['cpu_time_ratio']:.2f})"
                  f"  memory x{row['memory_ratio']:.2f}")
     print(f"{row['preset']:17s} {row['mode']:5s}  gaunt {fmt(row['gaunt'])} | "
           f"mace {fmt(row['mace'])}{extra}", flush=True)

@@ -20,6 +20,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from forcefield import so3
+from forcefield.so3 import conv_kernel, fused_conv, fused_powers
 
 from .constants import ConstantTables
 from .linear import DegreeLinear
@@ -71,6 +72,8 @@ class GauntConvolution(nn.Module):
     ``w`` (node side) and ``R`` (filter side) are per (channel, degree) radial weights from
     one bias-free radial MLP. Then a per-degree linear channel mix. Input features of degree
     <= lmax_in (0 for the first layer: then the product is just h_j * R * Y), output <= lmax_out.
+    On CPU the fused kernels of ``forcefield.so3.fused_conv`` compute it (``use_kernel``);
+    elsewhere the torch route below, with the same numbers.
     """
 
     def __init__(
@@ -99,14 +102,19 @@ class GauntConvolution(nn.Module):
         self.method = method
         self.tp = None
         self.fused = False
-        self._tables = ConstantTables(expand_first=_expansion(min(lmax_sh, lmax_out)))
+        l_first = min(lmax_sh, lmax_out)
+        self._tables = ConstantTables(expand_first=_expansion(l_first),
+                                      **fused_conv.first_layer_tables(l_first))
         if lmax_in > 0:
             reference = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method="dense")
             norm = product_normalisation(reference, lmax_in, lmax_sh, lmax_out)
             if method in ("auto", "fused"):
                 self.fused = True
+                kernel = fused_conv.conv_grid_tables(lmax_in, lmax_sh, lmax_out)
+                kernel["projection"] = kernel["projection"] * norm
                 self._tables = ConstantTables(
-                    norm=norm, **_fused_grid_tables(lmax_in, lmax_sh, lmax_out, norm)
+                    norm=norm, **_fused_grid_tables(lmax_in, lmax_sh, lmax_out, norm),
+                    **{f"kernel_{k}": v for k, v in kernel.items()},
                 )
             else:
                 self.tp = so3.GauntTensorProduct(lmax_in, lmax_sh, lmax_out, method=method)
@@ -126,6 +134,8 @@ class GauntConvolution(nn.Module):
         c = self.channels
         h = self.linear_up(h)
         w = self.radial(radial)
+        if self.use_kernel(h):
+            return self._kernel(h, w, sh, sender, receiver)
         r = w[:, self.num_node_weights :].reshape(num_edges, c, self.lmax_sh + 1)
         hj = h[sender]
         k_out = (self.lmax_out + 1) ** 2
@@ -151,6 +161,38 @@ class GauntConvolution(nn.Module):
         a = a / self.avg_num_neighbors
         return self.linear(a)
 
+    def use_kernel(self, h: torch.Tensor) -> bool:
+        """Whether this call takes the fused CPU kernels (``forcefield.so3.fused_conv``):
+        method "auto"/"fused" (every method in the first layer), CPU float32/float64,
+        degrees <= 7 and the kernels built; else the torch route below."""
+        return ((self.fused or self.lmax_in == 0) and fused_conv.supports(h)
+                and max(self.lmax_in, self.lmax_sh) <= conv_kernel.MAX_DEGREE)
+
+    def _kernel(self, h: torch.Tensor, w: torch.Tensor, sh: torch.Tensor,
+                sender: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
+        """The convolution on the fused kernels: per receiving node, the grid products of
+        its incoming edges are accumulated in place and projected once (no per-edge grid or
+        message tensor); see ``forcefield.so3.fused_conv``."""
+        num_nodes, num_edges, c = h.shape[0], w.shape[0], self.channels
+        # views into w (split: its backward is one concatenation, not zero-filled slices)
+        wn, r = w.split([self.num_node_weights, self.num_filter_weights], dim=1)
+        r = r.view(num_edges, c, self.lmax_sh + 1)
+        index = fused_conv.edge_index(sender, receiver, num_nodes)
+        t = self._tables.get(h)
+        if self.lmax_in == 0:
+            ysh = t["ysh"]
+            hg = h[:, :, :1, None].expand(num_nodes, c, 1, ysh.shape[1])
+            (z,) = fused_conv.ConvPartials.apply((4,), ysh, index, hg, None, r, sh, None)
+            a = z[..., : ysh.shape[0]]
+            k_out = (self.lmax_out + 1) ** 2
+            if a.shape[-1] < k_out:
+                a = torch.nn.functional.pad(a, (0, k_out - a.shape[-1]))
+            return self.linear(a / self.avg_num_neighbors)
+        ysh = t["kernel_ysh"]
+        wn = wn.view(num_edges, c, self.lmax_in + 1)
+        hg = (h @ t["kernel_node_grid"]).reshape(num_nodes, c, self.lmax_in + 1, ysh.shape[1])
+        (z,) = fused_conv.ConvPartials.apply((4,), ysh, index, hg, wn, r, sh, None)
+        return self.linear((z @ t["kernel_projection"]) / self.avg_num_neighbors)
 
     def _fused(self, hj, w, r, sh, receiver, num_nodes):
         """The same Gaunt product on an exact sphere quadrature, exploiting its structure.
@@ -224,7 +266,11 @@ class GauntManyBodyProduct(nn.Module):
         norms = [torch.ones((lmax_out + 1) ** 2, dtype=torch.float64)]
         for nu, mod in zip(range(2, correlation + 1), self.powers, strict=False):
             norms.append(power_normalisation(mod, lmax_in, nu, lmax_out)[nu - 1])
-        self._tables = ConstantTables(norm=torch.stack(norms))
+        # method auto/fused on CPU: all orders from one grid on the C kernel (fused_powers);
+        # elsewhere (GPU, no compiler) the GauntPowers modules
+        self.fused = method in ("auto", "fused") and correlation > 1
+        grid = fused_powers.powers_tables(lmax_in, correlation, lmax_out) if self.fused else {}
+        self._tables = ConstantTables(norm=torch.stack(norms), **grid)
         self.weight_in = nn.Parameter(torch.ones(num_elements, correlation, channels, lmax_in + 1))
         self.weight_out = nn.Parameter(
             torch.randn(num_elements, correlation, channels, lmax_out + 1) / math.sqrt(correlation)
@@ -232,12 +278,21 @@ class GauntManyBodyProduct(nn.Module):
         self.register_buffer("deg_in", so3.degree_index(lmax_in), persistent=False)
         self.register_buffer("deg_out", so3.degree_index(lmax_out), persistent=False)
 
+    def use_kernel(self, a: torch.Tensor) -> bool:
+        """Whether this call takes the fused CPU kernel (method auto/fused, CPU, built)."""
+        return self.fused and fused_conv.supports(a)
+
     def forward(self, a: torch.Tensor, species_idx: torch.Tensor) -> torch.Tensor:
         k_out = (self.lmax_out + 1) ** 2
         w_in = self.weight_in[species_idx]  # [N, nu, C, L_in+1]
         w_out = self.weight_out[species_idx][..., self.deg_out]  # [N, nu, C, K_out]
-        norm = self._tables.get(a)["norm"]
+        t = self._tables.get(a)
+        norm = t["norm"]
         out = a[:, :, :k_out] * w_out[:, 0] * norm[0]
+        if self.use_kernel(a):
+            # q [N, nu, C, K_out]: the projected powers x_nu^nu, nu = 2 .. correlation
+            q = fused_powers.PowersFunction.apply(a, w_in[:, 1:], t, 2)
+            return out + (q * (norm[1:, None, :] * w_out[:, 1:])).sum(1)
         for nu in range(2, self.correlation + 1):
             x = a * w_in[:, nu - 1][..., self.deg_in]
             p = self.powers[nu - 2](x)[..., nu - 1, :]
