@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from forcefield.model_files import ModelFileError
 from forcefield.training.config import (
     CONFIG_DIR,
     CommandLine,
@@ -75,7 +76,7 @@ def run_command(
             print(help_text)
             return 0
         return int(body(cl) or 0)
-    except ConfigError as exc:
+    except (ConfigError, ModelFileError) as exc:
         print(f"forcefield {name}: error: {exc}", file=sys.stderr)
         return 2
 

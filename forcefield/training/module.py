@@ -389,22 +389,11 @@ def _constant_one(step: int) -> float:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a Lightning checkpoint written by ``forcefield train`` (no pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(
-            f"{path} is not a forcefield training checkpoint (no state_dict/hyper_parameters); "
-            "for a model.pt use 'forcefield evaluate model=...' directly"
-        )
-    if "model_config" not in ckpt["hyper_parameters"]:
-        raise ValueError(f"{path} has no model_config: not written by forcefield train")
-    return ckpt
+    """Read a checkpoint written by ``forcefield train`` (no pickled code; one-sentence
+    :class:`~forcefield.model_files.ModelFileError` for anything else)."""
+    from forcefield.model_files import read_checkpoint
+
+    return read_checkpoint(path)
 
 
 def _gather_predictions(buf: Mapping[str, list]) -> dict[str, np.ndarray]:

@@ -181,8 +181,13 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.{clash[0]} is set by forcefield train itself and cannot be configured"
         )
-    if cfg.ckpt_path is not None and not Path(str(cfg.ckpt_path)).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.ckpt_path is not None:
+        from forcefield.model_files import read_checkpoint
+
+        try:
+            read_checkpoint(str(cfg.ckpt_path))  # one sentence for a file that is not one
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file") from exc
     from forcefield.training.losses import LossConfig
 
     try:
@@ -476,50 +481,26 @@ def _jsonable(obj: Any) -> Any:
 # --------------------------------------------------------------------------- export
 def load_any_model(path: str | os.PathLike, dtype: str | None = None):
     """(network in eval mode, info dict) from a model.pt or a training checkpoint."""
-    from forcefield.export import load_model
-    from forcefield.training.module import ForceFieldModule, load_checkpoint
+    from forcefield.model_files import load_network
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model={path}: no such file (give a model.pt or a .ckpt checkpoint)")
-    raw = None
-    if path.suffix == ".ckpt":
-        raw = load_checkpoint(path)
-    else:
-        head = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(head, dict) and "hyper_parameters" in head and "state_dict" in head:
-            raw = load_checkpoint(path)
-    if raw is not None:
-        hp = raw["hyper_parameters"]
-        module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
-                                  dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
-        module.load_state_dict(raw["state_dict"])
-        net = module.eval_model()
-        if dtype:
-            net = net.to(_torch_dtype(dtype))
-        info = {"kind": "checkpoint", "epoch": raw.get("epoch"), "dtype": hp.get("dtype")}
-        return net.eval(), info
-    net = load_model(path, dtype=dtype)
-    return net.eval(), {"kind": "model"}
+    try:
+        return load_network(path, dtype=dtype)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"model={path}: {exc} (give a model.pt or a .ckpt checkpoint)") from exc
 
 
 def export(checkpoint: str, output: str, dtype: str | None = None, ema: bool = True) -> Path:
     from forcefield.export import save_model
-    from forcefield.training.module import ForceFieldModule, load_checkpoint
+    from forcefield.model_files import module_from_checkpoint, read_checkpoint
 
     src = Path(checkpoint)
-    if not src.is_file():
-        raise ConfigError(f"checkpoint={src}: no such file")
     if dtype is not None and str(dtype) not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not supported; use float32 or float64")
     try:
-        raw = load_checkpoint(src)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    hp = raw["hyper_parameters"]
-    module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
-                              dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
-    module.load_state_dict(raw["state_dict"])
+        raw = read_checkpoint(src)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"checkpoint={src}: {exc}") from exc
+    module = module_from_checkpoint(raw, src)
     net = module.eval_model() if ema else module.model
     if dtype:
         net = net.to(_torch_dtype(dtype))
