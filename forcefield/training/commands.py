@@ -19,7 +19,7 @@ from forcefield.training.config import (
     pop_override,
 )
 
-GROUPS = ("data", "model", "trainer", "experiment")
+GROUPS = ("data", "model", "trainer", "experiment", "logger", "callbacks")
 
 TRAIN_HELP = f"""usage: forcefield train [-cp DIR] [-cn NAME] [--cfg] [key=value ...]
 
@@ -32,7 +32,10 @@ config groups (choose with group=option):
   model       gaunt_mace_small (default), gaunt_mace
   trainer     cpu (default), gpu, ddp
   experiment  3bpa_paper, oc20_s2ef, oc20_is2re
-top-level keys: seed, dtype (float32|float64), output_dir, ckpt_path (resume)
+  logger      csv (default), tensorboard, wandb, mlflow; several: logger=[csv,tensorboard]
+  callbacks   none (default), early_stopping, lr_monitor; any: +callbacks.x._target_=...
+top-level keys: seed, dtype (float32|float64), output_dir, ckpt_path (resume),
+  init_from (fine-tune a model.pt or checkpoint; see finetune.*)
 
 examples:
   forcefield train

@@ -18,10 +18,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from forcefield.training.config import ConfigError, check_keys, check_missing, to_container
-from forcefield.training.io import atomic_write_csv, atomic_write_json, read_csv
+from forcefield.training.io import atomic_write_json
 
 TRAIN_KEYS = ("data", "model", "trainer", "experiment", "seed", "dtype", "output_dir",
               "ckpt_path", "training", "test", "export")
+TRAIN_KEYS += ("logger", "callbacks", "init_from", "finetune")  # loggers.py, finetune.py
 TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema", "stage_two")
 DTYPES = ("float32", "float64")
 
@@ -265,7 +266,8 @@ def _callbacks(out: Path, has_val: bool):
     return ckpt, interrupt, [ckpt, last, interrupt, TQDMProgressBar(refresh_rate=1)]
 
 
-def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list):
+def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list,
+                  loggers: list | None = None):
     import lightning.pytorch as pl
 
     kwargs = dict(trainer_cfg)
@@ -289,7 +291,7 @@ def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list):
     return pl.Trainer(
         **kwargs,
         inference_mode=False,
-        logger=False,
+        logger=list(loggers) if loggers else False,
         callbacks=callbacks,
         plugins=[_AtomicCheckpointIO.make()],
         default_root_dir=str(out),
@@ -325,23 +327,49 @@ def train(cfg: DictConfig) -> int:
             f"output_dir {out} already holds a training run; choose another output_dir or "
             f"resume it with ckpt_path={ckpt_dir / 'last.ckpt'}"
         )
+    from forcefield.training.loggers import build_callbacks, build_loggers
+
+    # configs saved before the logger group existed (resumed runs) keep metrics.csv
+    logger_cfg = cfg.logger if "logger" in cfg else {"csv": {
+        "_target_": "forcefield.training.loggers.EpochCSVLogger", "save_dir": str(out)}}
+    loggers = build_loggers(logger_cfg, resuming=resuming)
+    user_callbacks = build_callbacks(cfg.get("callbacks"))
     seed = int(cfg.seed)
     pl.seed_everything(seed, workers=True, verbose=False)
     dtype = str(cfg.dtype)
     oc20 = is_oc20(cfg.data)
 
-    dm = instantiate_datamodule(cfg.data, r_max=float(cfg.model.r_max))
+    # fine-tuning (init_from): architecture and weights from the file; a resumed fine-tune
+    # rebuilds the model from its config.yaml and the checkpoint like any resumed run
+    from forcefield.training import finetune
+
+    init_from = cfg.get("init_from")
+    settings = finetune.check_config(to_container(cfg.finetune) if "finetune" in cfg else {})
+    pretrained = finetune.load_pretrained(str(init_from)) if init_from and not resuming else None
+    r_max = float(pretrained.config["r_max"] if pretrained is not None else cfg.model.r_max)
+    dm = instantiate_datamodule(cfg.data, r_max=r_max)
     setup_data(dm, "fit")
     stats = getattr(dm, "statistics", None)
     if stats is None and hasattr(dm, "compute_statistics"):
         stats = dm.compute_statistics()
-    try:
-        model = build_model(to_container(cfg.model), stats)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model: {exc}") from exc
+    training_cfg = to_container(cfg.training)
+    if pretrained is not None:
+        model = finetune.finetuned_model(pretrained, stats, settings, str(init_from), seed)
+    else:
+        try:
+            model = build_model(to_container(cfg.model), stats)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model: {exc}") from exc
+        if init_from and stats is not None:
+            finetune.check_elements(stats.species, model.config["species"], str(init_from))
+    if init_from:
+        frozen = finetune.freeze(model, settings)
+        training_cfg = finetune.training_config(training_cfg, settings)
+        if frozen:
+            _echo(f"forcefield train: fine-tuning from {init_from} with {len(frozen)} frozen "
+                  "parameter tensors")
     model = model.to(_torch_dtype(dtype))
-    module = ForceFieldModule(model=model, training=to_container(cfg.training), dtype=dtype,
-                              oc20=oc20)
+    module = ForceFieldModule(model=model, training=training_cfg, dtype=dtype, oc20=oc20)
 
     train_loader = dm.train_dataloader()
     val_loaders = _as_list(dm.val_dataloader()) if hasattr(dm, "val_dataloader") else []
@@ -349,7 +377,8 @@ def train(cfg: DictConfig) -> int:
                   val_loaders, model.species, "validation")
     has_val = len(val_loaders) > 0
     ckpt_cb, interrupt_cb, callbacks = _callbacks(out, has_val)
-    trainer = build_trainer(to_container(cfg.trainer), out, callbacks)
+    callbacks += user_callbacks
+    trainer = build_trainer(to_container(cfg.trainer), out, callbacks, loggers)
     rank, world = trainer.global_rank, trainer.world_size
     train_loader = rebuild_loader(train_loader, True, rank, world, seed)
     val_loaders = [rebuild_loader(v, False, rank, world, seed, repeat=False) for v in val_loaders]
@@ -365,15 +394,6 @@ def train(cfg: DictConfig) -> int:
         _echo(f"forcefield train: run directory {out}")
         if stats is not None and hasattr(stats, "to_dict"):
             atomic_write_json(out / "statistics.json", _jsonable(stats.to_dict()))
-    csv_path = out / "metrics.csv"
-    rows: list[dict] = read_csv(csv_path) if resuming else []
-
-    def write_row(row: dict) -> None:
-        nonlocal rows
-        rows = [r for r in rows if int(float(r.get("epoch", -1))) < int(row["epoch"])] + [row]
-        atomic_write_csv(csv_path, rows)
-
-    module.metrics_callback = write_row
     t0 = time.perf_counter()
     try:
         trainer.fit(module, train_dataloaders=train_loader,
