@@ -130,7 +130,8 @@ def test_finetune_on_600K_lowers_the_600K_error(tmp_path, repo_data):
     write(tmp_path / "ft.xyz", frames[:30])
     write(tmp_path / "held_out.xyz", frames[30:])
     ft_run = tmp_path / "ft"
-    assert train_cli.main(["data=ase", f"data.train={tmp_path / 'ft.xyz'}", "data.stats_cache=false",
+    assert train_cli.main(["data=ase", f"data.train={tmp_path / 'ft.xyz'}",
+                           "data.stats_cache=false",
                            "trainer.max_time=null", "trainer.max_epochs=3", "test.enabled=false",
                            "training.stage_two.enabled=false",
                            f"init_from={base_run / 'model.pt'}", f"output_dir={ft_run}"]) == 0

@@ -53,8 +53,11 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.skipif(not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")),
-                    reason="needs tensorboardX or tensorboard (pip install 'forcefield[tensorboard]')")
+HAS_TB = any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX"))
+
+
+@pytest.mark.skipif(not HAS_TB, reason="needs tensorboardX or tensorboard "
+                    "(pip install 'forcefield[tensorboard]')")
 def test_csv_and_tensorboard_get_every_metric(tmp_path):
     out = tmp_path / "run"
     assert train_cli.main([*TINY, "trainer.max_epochs=2", "export.enabled=false",
@@ -140,7 +143,8 @@ def test_wandb_offline(tmp_path):
 
 
 def test_mlflow_file_store(tmp_path):
-    pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'forcefield[mlflow]')")
+    pytest.importorskip("mlflow",
+                        reason="mlflow is not installed (pip install 'forcefield[mlflow]')")
     out = tmp_path / "run"
     assert train_cli.main([*TINY, *QUICK, "trainer.max_epochs=1", "logger=[csv,mlflow]",
                            f"output_dir={out}"]) == 0

@@ -21,7 +21,7 @@ from forcefield.training.config import (
 
 GROUPS = ("data", "model", "trainer", "experiment", "logger", "callbacks")
 
-TRAIN_HELP = f"""usage: forcefield train [-cp DIR] [-cn NAME] [--cfg] [key=value ...]
+TRAIN_HELP = f"""usage: forcefield train [-m] [-cp DIR] [-cn NAME] [--cfg] [--info] [key=value ...]
 
 Train a Gaunt-MACE potential, test the best checkpoint, write the run directory
 (config.yaml, checkpoints/{{best,last}}.ckpt, metrics.csv, metrics.json, parity plots,
@@ -43,6 +43,9 @@ examples:
   forcefield train experiment=3bpa_paper trainer=gpu
   forcefield train ckpt_path=runs/c64/checkpoints/last.ckpt      # resume exactly
   forcefield train --cfg                                          # print the config
+  forcefield train -m seed=0,1,2 model.channels=32,64 output_dir=runs/sweep   # 6 runs
+  forcefield train logger=[csv,tensorboard] callbacks=early_stopping
+  forcefield train init_from=runs/c64/model.pt data=ase data.train=new.xyz   # fine-tune
 
 configs: {CONFIG_DIR}
 """
@@ -78,10 +81,31 @@ def run_command(
         if cl.help:
             print(help_text)
             return 0
+        if cl.info:
+            print(config_info(cl))
+            return 0
+        if cl.multirun and name != "train":
+            raise ConfigError(f"-m (multirun) is available for forcefield train, not {name}")
         return int(body(cl) or 0)
     except (ConfigError, ModelFileError) as exc:
         print(f"forcefield {name}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def config_info(cl: CommandLine) -> str:
+    """``--info``: where the configs are, the primary config, every group and its options."""
+    lines = [f"config directory: {cl.config_dir}", f"primary config:   {cl.config_name}.yaml"]
+    if Path(cl.config_dir).resolve() != CONFIG_DIR:
+        lines.append(f"also searched:    {CONFIG_DIR}")
+    lines.append("config groups (choose with group=option; several: group=[a,b]):")
+    groups: dict[str, set[str]] = {}
+    for root in dict.fromkeys([Path(cl.config_dir), CONFIG_DIR]):
+        for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+            groups.setdefault(folder.name, set()).update(
+                f.stem for f in folder.glob("*.yaml"))
+    for group, options in sorted(groups.items()):
+        lines.append(f"  {group:<11} {', '.join(sorted(options))}")
+    return "\n".join(lines)
 
 
 def _parse_value(text: str):
@@ -153,6 +177,10 @@ def print_config(cfg: DictConfig) -> None:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     def body(cl: CommandLine) -> int:
+        if cl.multirun:
+            from forcefield.training.sweep import run_sweep
+
+            return run_sweep(cl)
         cfg = compose_train(cl)
         if cl.print_config:
             print_config(cfg)
