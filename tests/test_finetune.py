@@ -126,7 +126,7 @@ def test_finetune_on_600K_lowers_the_600K_error(tmp_path, repo_data):
     base_run = tmp_path / "base"
     assert train_cli.main([*DATA, *small, "data.train_size=20", "trainer.max_epochs=3",
                            "test.enabled=false", f"output_dir={base_run}"]) == 0
-    frames = read(repo_data / "3bpa" / "test_600K.xyz", ":40")
+    frames = read(repo_data / "3bpa" / "derived_mdbenchgnn" / "test_600K.xyz", ":40")
     write(tmp_path / "ft.xyz", frames[:30])
     write(tmp_path / "held_out.xyz", frames[30:])
     ft_run = tmp_path / "ft"

@@ -150,3 +150,36 @@ def test_mlflow_file_store(tmp_path):
                            f"output_dir={out}"]) == 0
     metrics = list((out / "mlruns").rglob("metrics/val_forces_rmse_meV_A"))
     assert len(metrics) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TB, reason="needs tensorboardX or tensorboard")
+def test_ddp_two_processes_write_one_set_of_logs(tmp_path):
+    """DDP on 2 CPU processes: rank 0 alone writes metrics.csv and the events, one point
+    per epoch and metric (no second copy from rank 1)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "forcefield", "train", "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.max_epochs=2", *TINY, "export.enabled=false",
+         "logger=[csv,tensorboard]", f"output_dir={out}"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _csv_rows(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    scalars = read_tensorboard_scalars(out / "tensorboard")
+    for key in ("val_loss", "val_forces_rmse_meV_A", "lr", "epoch_time_s", "train_loss"):
+        assert [s for s, _ in scalars[key]] == [int(r["step"]) for r in rows], key
+        for (_, value), row in zip(scalars[key], rows, strict=True):
+            assert value == pytest.approx(float(row[key]), rel=1e-6), key
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert len(scalars["test/300K/forces_rmse_meV_A"]) == 1
+    assert scalars["test/300K/forces_rmse_meV_A"][0][1] == pytest.approx(
+        test["300K"]["forces_rmse_meV_A"], rel=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints", "config.yaml", "metrics.csv", "metrics.json", "parity_energy.png",
+        "parity_forces.png", "statistics.json", "tensorboard"]

@@ -347,11 +347,19 @@ def train(cfg: DictConfig) -> int:
     settings = finetune.check_config(to_container(cfg.finetune) if "finetune" in cfg else {})
     pretrained = finetune.load_pretrained(str(init_from)) if init_from and not resuming else None
     r_max = float(pretrained.config["r_max"] if pretrained is not None else cfg.model.r_max)
-    dm = instantiate_datamodule(cfg.data, r_max=r_max)
+    extra = {}
+    if pretrained is not None and "e0s" not in settings["reset_statistics"] and "e0s" in cfg.data:
+        # the model keeps its E0s: the data's statistics (shift) are taken relative to them
+        # (zero for elements the model does not know: finetuned_model names those)
+        known = {int(z): float(e) for z, e in pretrained.config["e0s"].items()}
+        extra["e0s"] = {z: known.get(z, 0.0) for z in range(1, 119)}
+    dm = instantiate_datamodule(cfg.data, r_max=r_max, **extra)
     setup_data(dm, "fit")
     stats = getattr(dm, "statistics", None)
     if stats is None and hasattr(dm, "compute_statistics"):
         stats = dm.compute_statistics()
+    if extra and stats is not None and isinstance(getattr(stats, "e0s", None), dict):
+        stats.e0s = {z: e for z, e in stats.e0s.items() if z in set(stats.species)}
     training_cfg = to_container(cfg.training)
     if pretrained is not None:
         model = finetune.finetuned_model(pretrained, stats, settings, str(init_from), seed)
