@@ -210,3 +210,21 @@ def test_missing_structure_file(model_file, tmp_path, capsys):
                            f"output_dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert code == 2 and "nope.xyz" in err and "does not exist" in err
+
+
+def test_structures_from_an_ase_database(model_file, tmp_path):
+    """A dataset source (here an ASE SQLite db) instead of a file of frames."""
+    import ase.db
+
+    db = ase.db.connect(tmp_path / "structures.db")
+    for seed in (1, 2):
+        mol = molecule("H2O")
+        mol.rattle(0.05, seed=seed)
+        db.write(mol)
+    out = tmp_path / "out"
+    assert relax_cli.main([f"model={model_file}", f"structure={tmp_path / 'structures.db'}",
+                           "steps=3", "progress=false", f"output_dir={out}"]) == 0
+    summary = json.loads((out / "relax_summary.json").read_text())
+    assert summary["totals"]["n_structures"] == 2
+    assert all(0 < r["steps"] <= 3 for r in summary["structures"])
+    assert len(list((out / "trajectories").glob("*.traj"))) == 2

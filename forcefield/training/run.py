@@ -348,10 +348,12 @@ def train(cfg: DictConfig) -> int:
     pretrained = finetune.load_pretrained(str(init_from)) if init_from and not resuming else None
     r_max = float(pretrained.config["r_max"] if pretrained is not None else cfg.model.r_max)
     extra = {}
-    if pretrained is not None and "e0s" not in settings["reset_statistics"] and "e0s" in cfg.data:
+    if init_from and "e0s" not in settings["reset_statistics"] and "e0s" in cfg.data:
         # the model keeps its E0s: the data's statistics (shift) are taken relative to them
-        # (zero for elements the model does not know: finetuned_model names those)
-        known = {int(z): float(e) for z, e in pretrained.config["e0s"].items()}
+        # (zero for elements the model does not know: finetuned_model names those); a
+        # resumed fine-tune finds them in its config.yaml
+        e0s = pretrained.config["e0s"] if pretrained is not None else cfg.model.e0s
+        known = {int(z): float(e) for z, e in dict(e0s or {}).items()}
         extra["e0s"] = {z: known.get(z, 0.0) for z in range(1, 119)}
     dm = instantiate_datamodule(cfg.data, r_max=r_max, **extra)
     setup_data(dm, "fit")
