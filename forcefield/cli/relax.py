@@ -55,14 +55,14 @@ def run(cfg: DictConfig) -> int:
     if cfg.dtype is not None and str(cfg.dtype) not in ("float32", "float64"):
         raise ConfigError(f"dtype={cfg.dtype!r} is not supported; use float32 or float64")
     try:
+        net, _ = load_network(str(cfg.model), dtype=cfg.dtype, device=str(cfg.device))
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"model={cfg.model}: {exc}") from exc
+    try:
         structures = read_structures(_sources(cfg.structure), task=str(cfg.task),
                                      index=cfg.index)
     except DataError as exc:
         raise ConfigError(f"structure: {exc}") from exc
-    try:
-        net, _ = load_network(str(cfg.model), dtype=cfg.dtype, device=str(cfg.device))
-    except (FileNotFoundError, IsADirectoryError) as exc:
-        raise ConfigError(f"model={cfg.model}: {exc}") from exc
     # the stress (a third of the cost per step) only where the cell relaxes
     calc = ForceFieldCalculator(net, device=str(cfg.device),
                                 compute_stress="auto" if cfg.relax_cell else False)
