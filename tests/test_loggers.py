@@ -183,3 +183,24 @@ def test_ddp_two_processes_write_one_set_of_logs(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoints", "config.yaml", "metrics.csv", "metrics.json", "parity_energy.png",
         "parity_forces.png", "statistics.json", "tensorboard"]
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize("group, name", [(g, p.stem) for g in ("logger", "callbacks")
+                                         for p in sorted((CONF / g).glob("*.yaml"))])
+def test_every_logger_and_callback_config_instantiates(group, name, tmp_path):
+    from forcefield.training.config import compose_config
+    from forcefield.training.loggers import OPTIONAL, build_callbacks, build_loggers
+
+    cfg = compose_config("train", [f"{group}={name}", f"output_dir={tmp_path}"])
+    entries = cfg[group] or {}
+    for entry in entries.values():
+        modules, _ = OPTIONAL.get(entry["_target_"].rsplit(".", 1)[-1], ((), None))
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            pytest.skip(f"{modules[0]} is not installed")
+    built = build_loggers(cfg.logger) if group == "logger" else build_callbacks(cfg.callbacks)
+    assert len(built) == len(entries)
+    if group == "logger" and name == "csv":
+        assert built[0].path == tmp_path / "metrics.csv"
