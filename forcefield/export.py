@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from forcefield.atomic_io import atomic_path
+from forcefield.model_files import ModelFileError, safe_load
 
 FORMAT_VERSION = 1
 """Version of the model file layout written by :func:`save_model`."""
@@ -46,10 +46,6 @@ _DTYPES = {
     "float64": torch.float64,
     "double": torch.float64,
 }
-
-
-class ModelFileError(ValueError):
-    """A file that is not a usable forcefield model file (wrong kind, version or corrupted)."""
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -287,28 +283,8 @@ def read_model_file(path: str | os.PathLike) -> dict:
     kind = file_kind(path)
     if kind != "model":
         raise _error_for(path, kind)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # CRC check of every member
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise _error_for(path, "corrupted") from exc
-    if damaged is not None:
-        raise ModelFileError(
-            f"{path} is corrupted (checksum mismatch in {damaged!r}); export the model again"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelFileError(
-            f"{path} holds objects other than tensors and plain values and is refused "
-            f"(weights_only loading): {str(exc).splitlines()[0]}"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelFileError(
-            f"{path} is not a readable model file (truncated or corrupted: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "export the model again"
-        ) from exc
+    payload = safe_load(path, "a forcefield model file (model.pt, written by 'forcefield "
+                              "train' or 'forcefield export')")
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise _error_for(path, "unknown")
     version = payload["format_version"]

@@ -15,6 +15,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("forcefield.cli.evaluate",
                  "evaluate a model.pt or checkpoint on test data, write metrics.json"),
     "export": ("forcefield.cli.export", "turn a Lightning checkpoint into a deployable model.pt"),
+    "relax": ("forcefield.cli.relax",
+              "relax structures (FIRE/BFGS/LBFGS, fixed atoms, cell) with a trained model"),
     "md": ("forcefield.cli.md", "run molecular dynamics with a trained model through ASE"),
     "convert": ("forcefield.cli.convert",
                 "write sharded .aselmdb + metadata.npz (or one ASE db) from any data source"),

@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     import ase.io
 
     from forcefield.calculator import ForceFieldCalculator
-    from forcefield.export import ModelFileError
     from forcefield.md import MDError, run_md
+    from forcefield.model_files import ModelFileError, load_network
 
     try:
         atoms = ase.io.read(str(structure), index=cfg.structure_index)
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(atoms, list):
         atoms = atoms[0]
     try:
-        calc = ForceFieldCalculator(model_path, device=str(cfg.device), dtype=cfg.dtype)
+        net, _ = load_network(model_path, dtype=cfg.dtype, device=str(cfg.device))
+        calc = ForceFieldCalculator(net, device=str(cfg.device), dtype=cfg.dtype)
         calc.check_atoms(atoms)
         summary = run_md(
             calc,

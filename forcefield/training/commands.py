@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from forcefield.model_files import ModelFileError
 from forcefield.training.config import (
     CONFIG_DIR,
     CommandLine,
@@ -18,9 +19,9 @@ from forcefield.training.config import (
     pop_override,
 )
 
-GROUPS = ("data", "model", "trainer", "experiment")
+GROUPS = ("data", "model", "trainer", "experiment", "logger", "callbacks")
 
-TRAIN_HELP = f"""usage: forcefield train [-cp DIR] [-cn NAME] [--cfg] [key=value ...]
+TRAIN_HELP = f"""usage: forcefield train [-m] [-cp DIR] [-cn NAME] [--cfg] [--info] [key=value ...]
 
 Train a Gaunt-MACE potential, test the best checkpoint, write the run directory
 (config.yaml, checkpoints/{{best,last}}.ckpt, metrics.csv, metrics.json, parity plots,
@@ -31,7 +32,10 @@ config groups (choose with group=option):
   model       gaunt_mace_small (default), gaunt_mace
   trainer     cpu (default), gpu, ddp
   experiment  3bpa_paper, oc20_s2ef, oc20_is2re
-top-level keys: seed, dtype (float32|float64), output_dir, ckpt_path (resume)
+  logger      csv (default), tensorboard, wandb, mlflow; several: logger=[csv,tensorboard]
+  callbacks   none (default), early_stopping, lr_monitor; any: +callbacks.x._target_=...
+top-level keys: seed, dtype (float32|float64), output_dir, ckpt_path (resume),
+  init_from (fine-tune a model.pt or checkpoint; see finetune.*)
 
 examples:
   forcefield train
@@ -39,6 +43,9 @@ examples:
   forcefield train experiment=3bpa_paper trainer=gpu
   forcefield train ckpt_path=runs/c64/checkpoints/last.ckpt      # resume exactly
   forcefield train --cfg                                          # print the config
+  forcefield train -m seed=0,1,2 model.channels=32,64 output_dir=runs/sweep   # 6 runs
+  forcefield train logger=[csv,tensorboard] callbacks=early_stopping
+  forcefield train init_from=runs/c64/model.pt data=ase data.train=new.xyz   # fine-tune
 
 configs: {CONFIG_DIR}
 """
@@ -74,10 +81,31 @@ def run_command(
         if cl.help:
             print(help_text)
             return 0
+        if cl.info:
+            print(config_info(cl))
+            return 0
+        if cl.multirun and name != "train":
+            raise ConfigError(f"-m (multirun) is available for forcefield train, not {name}")
         return int(body(cl) or 0)
-    except ConfigError as exc:
+    except (ConfigError, ModelFileError) as exc:
         print(f"forcefield {name}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def config_info(cl: CommandLine) -> str:
+    """``--info``: where the configs are, the primary config, every group and its options."""
+    lines = [f"config directory: {cl.config_dir}", f"primary config:   {cl.config_name}.yaml"]
+    if Path(cl.config_dir).resolve() != CONFIG_DIR:
+        lines.append(f"also searched:    {CONFIG_DIR}")
+    lines.append("config groups (choose with group=option; several: group=[a,b]):")
+    groups: dict[str, set[str]] = {}
+    for root in dict.fromkeys([Path(cl.config_dir), CONFIG_DIR]):
+        for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+            groups.setdefault(folder.name, set()).update(
+                f.stem for f in folder.glob("*.yaml"))
+    for group, options in sorted(groups.items()):
+        lines.append(f"  {group:<11} {', '.join(sorted(options))}")
+    return "\n".join(lines)
 
 
 def _parse_value(text: str):
@@ -149,6 +177,10 @@ def print_config(cfg: DictConfig) -> None:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     def body(cl: CommandLine) -> int:
+        if cl.multirun:
+            from forcefield.training.sweep import run_sweep
+
+            return run_sweep(cl)
         cfg = compose_train(cl)
         if cl.print_config:
             print_config(cfg)

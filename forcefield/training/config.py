@@ -42,6 +42,8 @@ class CommandLine:
     overrides: list[str] = field(default_factory=list)
     help: bool = False
     print_config: bool = False
+    multirun: bool = False  # -m/--multirun: a sweep (forcefield train only)
+    info: bool = False  # --info: config directory, groups and their options
 
 
 def parse_argv(argv: Sequence[str], default_name: str) -> CommandLine:
@@ -53,6 +55,10 @@ def parse_argv(argv: Sequence[str], default_name: str) -> CommandLine:
         arg = args[i]
         if arg in ("-h", "--help"):
             cl.help = True
+        elif arg in ("-m", "--multirun"):
+            cl.multirun = True
+        elif arg == "--info" or arg.startswith("--info="):
+            cl.info = True
         elif arg in ("-c", "--cfg", "--print-config"):
             cl.print_config = True
             if i + 1 < len(args) and args[i + 1] in ("job", "all"):
@@ -70,8 +76,8 @@ def parse_argv(argv: Sequence[str], default_name: str) -> CommandLine:
             cl.config_name = value.removesuffix(".yaml")
         elif arg.startswith("-") and "=" not in arg:
             raise ConfigError(
-                f"unknown option {arg!r}; options are -cp DIR, -cn NAME, --cfg, --help, "
-                "everything else is key=value"
+                f"unknown option {arg!r}; options are -m, -cp DIR, -cn NAME, --cfg, --info, "
+                "--help, everything else is key=value"
             )
         else:
             if "=" not in arg:

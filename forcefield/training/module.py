@@ -172,11 +172,16 @@ class ForceFieldModule(pl.LightningModule):
         row["stage"] = 2 if self.stage_two_active else 1
         row["epoch_time_s"] = time.perf_counter() - self._epoch_start
         self._stop_before_time_runs_out(row["epoch_time_s"])
-        self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=True)
+        self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=True, logger=False)
         if self._loss_count == 0:  # resumed exactly at an epoch end: the row is written
             return
         if self.metrics_callback is not None and self.trainer.is_global_zero:
             self.metrics_callback(row)
+        # every logger (metrics.csv, tensorboard, ...) gets the whole row, from rank 0; the
+        # values are already reduced over ranks and kept in float64 (self.log would cast)
+        from forcefield.training.loggers import log_row
+
+        log_row(self.trainer, row, step=self.global_step)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -195,15 +200,18 @@ class ForceFieldModule(pl.LightningModule):
             return
         self.last_val = {"val_loss": val_loss}
         self.last_val.update({f"val_{k}": v for k, v in metrics.items() if k != "n_structures"})
-        # the values are already reduced over ranks: sync_dist only silences the warning
-        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
+        # the values are already reduced over ranks: sync_dist only silences the warning;
+        # every val_* metric is in callback_metrics (checkpoints, EarlyStopping, ...), and
+        # reaches the loggers in the epoch row (on_train_epoch_end)
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True, logger=False)
         if self._plateau is not None:
             # stepped here (not by Lightning after the epoch) so that the checkpoints
             # written at the end of this validation hold the updated scheduler state
             self._plateau.step(val_loss)
-        for key in ("val_energy_rmse_meV", "val_forces_rmse_meV_A"):
-            if key in self.last_val:
-                self.log(key, self.last_val[key], prog_bar=True, sync_dist=True)
+        for key, value in self.last_val.items():
+            if key != "val_loss" and value is not None and math.isfinite(value):
+                self.log(key, value, sync_dist=True, logger=False,
+                         prog_bar=key in ("val_energy_rmse_meV", "val_forces_rmse_meV_A"))
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
@@ -241,7 +249,12 @@ class ForceFieldModule(pl.LightningModule):
             for key in ("energy_rmse_meV", "forces_rmse_meV_A"):
                 if key in metrics:
                     self.log(f"test_{name}_{key}", metrics[key], add_dataloader_idx=False,
-                             sync_dist=True)
+                             sync_dist=True, logger=False)
+        from forcefield.training.loggers import log_row
+
+        log_row(self.trainer, {f"test/{name}/{key}": value
+                               for name, metrics in self.test_results.items()
+                               for key, value in metrics.items()}, step=self.global_step)
 
     # ------------------------------------------------------------------ optimisers
     def configure_optimizers(self):
@@ -401,22 +414,11 @@ def _all_reduce_counts(local: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a Lightning checkpoint written by ``forcefield train`` (no pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(
-            f"{path} is not a forcefield training checkpoint (no state_dict/hyper_parameters); "
-            "for a model.pt use 'forcefield evaluate model=...' directly"
-        )
-    if "model_config" not in ckpt["hyper_parameters"]:
-        raise ValueError(f"{path} has no model_config: not written by forcefield train")
-    return ckpt
+    """Read a checkpoint written by ``forcefield train`` (no pickled code; one-sentence
+    :class:`~forcefield.model_files.ModelFileError` for anything else)."""
+    from forcefield.model_files import read_checkpoint
+
+    return read_checkpoint(path)
 
 
 def _gather_predictions(buf: Mapping[str, list]) -> dict[str, np.ndarray]:

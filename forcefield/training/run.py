@@ -18,10 +18,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from forcefield.training.config import ConfigError, check_keys, check_missing, to_container
-from forcefield.training.io import atomic_write_csv, atomic_write_json, read_csv
+from forcefield.training.io import atomic_write_json
 
 TRAIN_KEYS = ("data", "model", "trainer", "experiment", "seed", "dtype", "output_dir",
               "ckpt_path", "training", "test", "export")
+TRAIN_KEYS += ("logger", "callbacks", "init_from", "finetune")  # loggers.py, finetune.py
 TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema", "stage_two")
 DTYPES = ("float32", "float64")
 
@@ -189,8 +190,13 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.{clash[0]} is set by forcefield train itself and cannot be configured"
         )
-    if cfg.ckpt_path is not None and not Path(str(cfg.ckpt_path)).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.ckpt_path is not None:
+        from forcefield.model_files import read_checkpoint
+
+        try:
+            read_checkpoint(str(cfg.ckpt_path))  # one sentence for a file that is not one
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file") from exc
     from forcefield.training.losses import LossConfig
 
     try:
@@ -268,7 +274,8 @@ def _callbacks(out: Path, has_val: bool):
     return ckpt, interrupt, [ckpt, last, interrupt, TQDMProgressBar(refresh_rate=1)]
 
 
-def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list):
+def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list,
+                  loggers: list | None = None):
     import lightning.pytorch as pl
 
     kwargs = dict(trainer_cfg)
@@ -292,7 +299,7 @@ def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list):
     return pl.Trainer(
         **kwargs,
         inference_mode=False,
-        logger=False,
+        logger=list(loggers) if loggers else False,
         callbacks=callbacks,
         plugins=[_AtomicCheckpointIO.make()],
         default_root_dir=str(out),
@@ -328,23 +335,59 @@ def train(cfg: DictConfig) -> int:
             f"output_dir {out} already holds a training run; choose another output_dir or "
             f"resume it with ckpt_path={ckpt_dir / 'last.ckpt'}"
         )
+    from forcefield.training.loggers import build_callbacks, build_loggers
+
+    # configs saved before the logger group existed (resumed runs) keep metrics.csv
+    logger_cfg = cfg.logger if "logger" in cfg else {"csv": {
+        "_target_": "forcefield.training.loggers.EpochCSVLogger", "save_dir": str(out)}}
+    loggers = build_loggers(logger_cfg, resuming=resuming)
+    user_callbacks = build_callbacks(cfg.get("callbacks"))
     seed = int(cfg.seed)
     pl.seed_everything(seed, workers=True, verbose=False)
     dtype = str(cfg.dtype)
     oc20 = is_oc20(cfg.data)
 
-    dm = instantiate_datamodule(cfg.data, r_max=float(cfg.model.r_max))
+    # fine-tuning (init_from): architecture and weights from the file; a resumed fine-tune
+    # rebuilds the model from its config.yaml and the checkpoint like any resumed run
+    from forcefield.training import finetune
+
+    init_from = cfg.get("init_from")
+    settings = finetune.check_config(to_container(cfg.finetune) if "finetune" in cfg else {})
+    pretrained = finetune.load_pretrained(str(init_from)) if init_from and not resuming else None
+    r_max = float(pretrained.config["r_max"] if pretrained is not None else cfg.model.r_max)
+    extra = {}
+    if init_from and "e0s" not in settings["reset_statistics"] and "e0s" in cfg.data:
+        # the model keeps its E0s: the data's statistics (shift) are taken relative to them
+        # (zero for elements the model does not know: finetuned_model names those); a
+        # resumed fine-tune finds them in its config.yaml
+        e0s = pretrained.config["e0s"] if pretrained is not None else cfg.model.e0s
+        known = {int(z): float(e) for z, e in dict(e0s or {}).items()}
+        extra["e0s"] = {z: known.get(z, 0.0) for z in range(1, 119)}
+    dm = instantiate_datamodule(cfg.data, r_max=r_max, **extra)
     setup_data(dm, "fit")
     stats = getattr(dm, "statistics", None)
     if stats is None and hasattr(dm, "compute_statistics"):
         stats = dm.compute_statistics()
-    try:
-        model = build_model(to_container(cfg.model), stats)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model: {exc}") from exc
+    if extra and stats is not None and isinstance(getattr(stats, "e0s", None), dict):
+        stats.e0s = {z: e for z, e in stats.e0s.items() if z in set(stats.species)}
+    training_cfg = to_container(cfg.training)
+    if pretrained is not None:
+        model = finetune.finetuned_model(pretrained, stats, settings, str(init_from), seed)
+    else:
+        try:
+            model = build_model(to_container(cfg.model), stats)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model: {exc}") from exc
+        if init_from and stats is not None:
+            finetune.check_elements(stats.species, model.config["species"], str(init_from))
+    if init_from:
+        frozen = finetune.freeze(model, settings)
+        training_cfg = finetune.training_config(training_cfg, settings)
+        if frozen:
+            _echo(f"forcefield train: fine-tuning from {init_from} with {len(frozen)} frozen "
+                  "parameter tensors")
     model = model.to(_torch_dtype(dtype))
-    module = ForceFieldModule(model=model, training=to_container(cfg.training), dtype=dtype,
-                              oc20=oc20)
+    module = ForceFieldModule(model=model, training=training_cfg, dtype=dtype, oc20=oc20)
 
     train_loader = dm.train_dataloader()
     val_loaders = _as_list(dm.val_dataloader()) if hasattr(dm, "val_dataloader") else []
@@ -358,7 +401,8 @@ def train(cfg: DictConfig) -> int:
         from forcefield.training.callbacks import BatchSamplerResume
 
         callbacks.append(BatchSamplerResume(train_loader.batch_sampler))
-    trainer = build_trainer(to_container(cfg.trainer), out, callbacks)
+    callbacks += user_callbacks
+    trainer = build_trainer(to_container(cfg.trainer), out, callbacks, loggers)
     rank, world = trainer.global_rank, trainer.world_size
     train_loader = rebuild_loader(train_loader, True, rank, world, seed)
     val_loaders = [rebuild_loader(v, False, rank, world, seed, repeat=False) for v in val_loaders]
@@ -376,15 +420,6 @@ def train(cfg: DictConfig) -> int:
             _echo(f"statistics: {describe_statistics_source(stats)}")
         if stats is not None and hasattr(stats, "to_dict"):
             atomic_write_json(out / "statistics.json", _jsonable(stats.to_dict()))
-    csv_path = out / "metrics.csv"
-    rows: list[dict] = read_csv(csv_path) if resuming else []
-
-    def write_row(row: dict) -> None:
-        nonlocal rows
-        rows = [r for r in rows if int(float(r.get("epoch", -1))) < int(row["epoch"])] + [row]
-        atomic_write_csv(csv_path, rows)
-
-    module.metrics_callback = write_row
     t0 = time.perf_counter()
     try:
         trainer.fit(module, train_dataloaders=train_loader,
@@ -507,50 +542,26 @@ def _jsonable(obj: Any) -> Any:
 # --------------------------------------------------------------------------- export
 def load_any_model(path: str | os.PathLike, dtype: str | None = None):
     """(network in eval mode, info dict) from a model.pt or a training checkpoint."""
-    from forcefield.export import load_model
-    from forcefield.training.module import ForceFieldModule, load_checkpoint
+    from forcefield.model_files import load_network
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model={path}: no such file (give a model.pt or a .ckpt checkpoint)")
-    raw = None
-    if path.suffix == ".ckpt":
-        raw = load_checkpoint(path)
-    else:
-        head = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(head, dict) and "hyper_parameters" in head and "state_dict" in head:
-            raw = load_checkpoint(path)
-    if raw is not None:
-        hp = raw["hyper_parameters"]
-        module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
-                                  dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
-        module.load_state_dict(raw["state_dict"])
-        net = module.eval_model()
-        if dtype:
-            net = net.to(_torch_dtype(dtype))
-        info = {"kind": "checkpoint", "epoch": raw.get("epoch"), "dtype": hp.get("dtype")}
-        return net.eval(), info
-    net = load_model(path, dtype=dtype)
-    return net.eval(), {"kind": "model"}
+    try:
+        return load_network(path, dtype=dtype)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"model={path}: {exc} (give a model.pt or a .ckpt checkpoint)") from exc
 
 
 def export(checkpoint: str, output: str, dtype: str | None = None, ema: bool = True) -> Path:
     from forcefield.export import save_model
-    from forcefield.training.module import ForceFieldModule, load_checkpoint
+    from forcefield.model_files import module_from_checkpoint, read_checkpoint
 
     src = Path(checkpoint)
-    if not src.is_file():
-        raise ConfigError(f"checkpoint={src}: no such file")
     if dtype is not None and str(dtype) not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not supported; use float32 or float64")
     try:
-        raw = load_checkpoint(src)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    hp = raw["hyper_parameters"]
-    module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
-                              dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
-    module.load_state_dict(raw["state_dict"])
+        raw = read_checkpoint(src)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"checkpoint={src}: {exc}") from exc
+    module = module_from_checkpoint(raw, src)
     net = module.eval_model() if ema else module.model
     if dtype:
         net = net.to(_torch_dtype(dtype))
