@@ -165,9 +165,14 @@ def validate_train_config(cfg: DictConfig) -> None:
         check_keys(cfg.training, TRAINING_KEYS, "training")
     if str(cfg.dtype) not in DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r} is not supported; use float32 or float64")
-    from forcefield.models import DEFAULT_CONFIG
+    from forcefield.models import architecture_of, config_keys
 
-    check_keys(cfg.model, DEFAULT_CONFIG, "model")
+    try:
+        architecture = architecture_of(cfg.model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    # each architecture has its own keys: a typo, or a key of another family, is named
+    check_keys(cfg.model, config_keys(architecture), "model")
     import inspect
 
     import lightning.pytorch as pl
@@ -491,9 +496,7 @@ def load_any_model(path: str | os.PathLike, dtype: str | None = None):
             raw = load_checkpoint(path)
     if raw is not None:
         hp = raw["hyper_parameters"]
-        module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
-                                  dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
-        module.load_state_dict(raw["state_dict"])
+        module = ForceFieldModule.from_checkpoint(raw)
         net = module.eval_model()
         if dtype:
             net = net.to(_torch_dtype(dtype))
@@ -516,10 +519,7 @@ def export(checkpoint: str, output: str, dtype: str | None = None, ema: bool = T
         raw = load_checkpoint(src)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    hp = raw["hyper_parameters"]
-    module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
-                              dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
-    module.load_state_dict(raw["state_dict"])
+    module = ForceFieldModule.from_checkpoint(raw)
     net = module.eval_model() if ema else module.model
     if dtype:
         net = net.to(_torch_dtype(dtype))
