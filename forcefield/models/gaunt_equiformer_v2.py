@@ -200,8 +200,8 @@ class GauntEquiformerV2(nn.Module):
         self.rbf = GaussianBasis(cfg["r_max"], cfg["num_radial"])
         self.rotation = EdgeRotation(lmax, mmax)
         ec = cfg["edge_channels"]
-        self.degree_source = nn.Embedding(n_el, ec)
-        self.degree_target = nn.Embedding(n_el, ec)
+        self.degree_source_embedding = nn.Embedding(n_el, ec)
+        self.degree_target_embedding = nn.Embedding(n_el, ec)
         self.edge_degree = EdgeDegreeEmbedding(c, lmax, cfg["num_radial"] + 2 * ec, [ec, ec],
                                                cfg["avg_num_neighbors"])
         common = dict(channels=c, lmax=lmax, mmax=mmax, heads=cfg["heads"],
@@ -222,8 +222,8 @@ class GauntEquiformerV2(nn.Module):
                                      cfg["energy_shift"], cfg["energy_scale"])
         self.force_head = None
         if forces == "direct":
-            self.force_source = nn.Embedding(n_el, ec)
-            self.force_target = nn.Embedding(n_el, ec)
+            self.force_source_embedding = nn.Embedding(n_el, ec)
+            self.force_target_embedding = nn.Embedding(n_el, ec)
             self.force_head = GraphAttention(
                 channels=c, channels_out=1, lmax=lmax, mmax=mmax, hidden=cfg["attn_hidden"],
                 heads=cfg["heads"], alpha_channels=cfg["alpha_channels"],
@@ -250,8 +250,7 @@ class GauntEquiformerV2(nn.Module):
                               unexpected_keys, error_msgs):
         # fine-tuning a direct-force model with gradient forces: its force head is dropped
         if self.force_head is None:
-            for key in [k for k in state_dict if k.startswith(
-                    (prefix + "force_head.", prefix + "force_source.", prefix + "force_target."))]:
+            for key in [k for k in state_dict if k.startswith(prefix + "force_")]:
                 del state_dict[key]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -303,8 +302,8 @@ class GauntEquiformerV2(nn.Module):
 
             k = (self.config["lmax"] + 1) ** 2
             x = nn.functional.pad(self.embedding(species_idx).unsqueeze(-1), (0, k - 1))
-            edge = torch.cat([rbf, self.degree_source(species_idx[sender]),
-                              self.degree_target(species_idx[receiver])], dim=-1)
+            edge = torch.cat([rbf, self.degree_source_embedding(species_idx[sender]),
+                              self.degree_target_embedding(species_idx[receiver])], dim=-1)
             x = x + self.edge_degree(edge, self.rotation, wigner, envelope, receiver, n)
             for block in self.blocks:
                 x = block(x, rbf, species_idx, self.rotation, wigner, envelope, sender,
@@ -315,8 +314,8 @@ class GauntEquiformerV2(nn.Module):
             energy = scatter(node_energy, batch, dim=0, dim_size=num_graphs, reduce="sum")
             out: dict[str, torch.Tensor] = {"energy": energy, "node_energy": node_energy}
             if compute_forces and not gradient:
-                edge = torch.cat([rbf, self.force_source(species_idx[sender]),
-                                  self.force_target(species_idx[receiver])], dim=-1)
+                edge = torch.cat([rbf, self.force_source_embedding(species_idx[sender]),
+                                  self.force_target_embedding(species_idx[receiver])], dim=-1)
                 f = self.force_head(x, edge, self.rotation, wigner, envelope, sender, receiver)
                 # degree 1 in e3nn order is (x, y, z): the force vector
                 out["forces"] = f[:, 0, 1:4].to(torch.float64) * self.head.scale
