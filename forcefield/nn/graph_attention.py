@@ -110,8 +110,9 @@ class GraphAttention(nn.Module):
         if self.alpha_drop is not None:
             weight = self.alpha_drop(weight)
         weight = weight * envelope[:, None]
-        v = v.reshape(num_edges, self.heads, self.value_channels, -1) * weight[:, :, None, None]
-        v = rotation.rotate_back(v.reshape(num_edges, self.heads * self.value_channels, -1),
+        k = v.shape[-1]
+        v = v.reshape(num_edges, self.heads, self.value_channels, k) * weight[:, :, None, None]
+        v = rotation.rotate_back(v.reshape(num_edges, self.heads * self.value_channels, k),
                                  wigner)
         out = scatter(v, receiver, dim=0, dim_size=num_nodes, reduce="sum")
         return self.project(out)

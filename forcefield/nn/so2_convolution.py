@@ -72,7 +72,7 @@ class SO2Convolution(nn.Module):
         n0 = self.sizes[0]
         rw = None
         if self.radial:
-            rw = radial.reshape(e, c_in, -1)  # per (channel, m>=0 block entry)
+            rw = radial.reshape(e, c_in, sum(self.sizes))  # per (channel, m >= 0 entry)
         x0 = x[:, :, :n0]
         if rw is not None:
             x0 = x0 * rw[:, :, :n0]
