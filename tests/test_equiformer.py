@@ -412,3 +412,35 @@ def test_nve_energy_is_conserved():
         potential.append(atoms.get_potential_energy())
     assert np.ptp(potential) > 0.02  # the dynamics exchange energy
     assert np.ptp(total) / len(atoms) < 1e-3
+
+
+@pytest.mark.parametrize("forces", ["direct", "gradient"])
+def test_bf16_autocast_trains(forces):
+    """trainer.precision=bf16-mixed: matmuls in bf16, norms / Gaunt product / energy sums
+    wide; the result stays within bf16 round-off of float32 and backward runs."""
+    model = make_eqv2(forces=forces).float().train()
+    batch = batch_of(random_molecule(), random_molecule(4, 5))
+    ref = model(batch, compute_forces=True, training=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch, compute_forces=True, training=True)
+    assert out["energy"].dtype == torch.float64  # energies accumulate in float64
+    scale = float(ref["forces"].abs().max())
+    assert float((out["forces"] - ref["forces"]).abs().max()) < 0.05 * scale
+    assert float((out["energy"] - ref["energy"]).abs().max()) < 0.05
+    (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_oc20_recipe_exempts_norms_biases_and_embeddings_from_weight_decay():
+    from omegaconf import OmegaConf
+
+    from forcefield.training.config import compose_config
+    from forcefield.training.optim import parameter_groups
+
+    cfg = compose_config("train", ["experiment=oc20_s2ef_eqv2"])
+    groups = parameter_groups(make_eqv2(), OmegaConf.to_container(cfg.training.optimizer))
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
+    assert decayed and all(g["weight_decay"] in (0.0, 1e-3) for g in groups)
+    assert not any("norm" in n or "embedding" in n or n.endswith("bias") for n in decayed)
+    assert "blocks.0.attention.conv1.m0.weight" in decayed
