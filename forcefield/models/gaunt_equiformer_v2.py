@@ -107,7 +107,7 @@ class GauntEquiformerV2(nn.Module):
         heads, attn_hidden, alpha_channels, value_channels: attention sizes.
         ffn_hidden: grid-MLP width.  edge_channels: radial MLP width and element
             embeddings of edges.  num_radial: Gaussians on [0, r_max].
-        grid_degree: quadrature degree of the S2 activations (None: 3 lmax + 2); larger is
+        grid_degree: quadrature degree of the S2 activations (None: max(3 lmax + 2, 18)); larger is
             more nearly equivariant and slower.
         selfmix: the Gaunt Selfmix sub-layer (False: plain EquiformerV2).
         parity: real SO(2) weights, so the energy is invariant under reflections (a physical
