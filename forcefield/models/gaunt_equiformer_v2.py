@@ -202,8 +202,12 @@ class GauntEquiformerV2(nn.Module):
         ec = cfg["edge_channels"]
         self.degree_source_embedding = nn.Embedding(n_el, ec)
         self.degree_target_embedding = nn.Embedding(n_el, ec)
+        # the data statistics count neighbours without the cap; the model sees at most the cap
+        degree = cfg["avg_num_neighbors"]
+        if self.max_neighbors is not None:
+            degree = min(degree, float(self.max_neighbors))
         self.edge_degree = EdgeDegreeEmbedding(c, lmax, cfg["num_radial"] + 2 * ec, [ec, ec],
-                                               cfg["avg_num_neighbors"])
+                                               degree)
         common = dict(channels=c, lmax=lmax, mmax=mmax, heads=cfg["heads"],
                       attn_hidden=cfg["attn_hidden"], alpha_channels=cfg["alpha_channels"],
                       value_channels=cfg["value_channels"], grid_degree=grid)
