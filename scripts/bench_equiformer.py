@@ -103,6 +103,7 @@ def worker_ours(args) -> dict:
     batch = Batch.from_data_list(graphs).to(device)
     cfg = dict(size, architecture="gaunt_equiformer_v2", species=[1, 6, 8, 29],
                selfmix=args.selfmix, forces="direct", alpha_drop=0.0, drop_path=0.0,
+               parity=not args.complex_weights,
                avg_num_neighbors=float(size["max_neighbors"]))
     model = build_model(cfg).to(device).float().train()
     params = sum(p.numel() for p in model.parameters())
@@ -121,6 +122,7 @@ def worker_ours(args) -> dict:
             model(batch, compute_forces=True)
 
     result = {"code": "ours", "selfmix": args.selfmix, "params": params,
+              "parity": not args.complex_weights,
               "train_s_per_structure": _time(train_step, args.steps, device) / args.structures,
               "infer_s_per_structure": _time(inference, args.steps, device) / args.structures,
               "peak_mem_MiB": _peak_memory(device)}
@@ -219,12 +221,15 @@ def worker_fairchem(args) -> dict:
             "peak_mem_MiB": _peak_memory(device)}
 
 
-def run_worker(python: str, code: str, args, selfmix: bool) -> dict | None:
+def run_worker(python: str, code: str, args, selfmix: bool, complex_weights: bool = False
+               ) -> dict | None:
     cmd = [python, __file__, "--worker", code, "--size", args.size,
            "--structures", str(args.structures), "--steps", str(args.steps),
            "--device", args.device, "--precision", args.precision]
     if selfmix:
         cmd.append("--selfmix")
+    if complex_weights:
+        cmd.append("--complex-weights")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -244,6 +249,9 @@ def main() -> int:
     parser.add_argument("--precision", choices=["32", "bf16"], default="32")
     parser.add_argument("--fairchem-python", default=str(FAIRCHEM_PY))
     parser.add_argument("--skip-fairchem", action="store_true")
+    parser.add_argument("--complex-weights", action="store_true",
+                        help="also time ours with EquiformerV2's complex SO(2) weights "
+                             "(model.parity=false), the exact weight layout of fairchem's")
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", choices=["ours", "fairchem"], help=argparse.SUPPRESS)
     parser.add_argument("--selfmix", action="store_true", help=argparse.SUPPRESS)
@@ -256,8 +264,11 @@ def main() -> int:
         print(json.dumps(fn(args)))
         return 0
     rows = []
-    for selfmix in (True, False):
-        row = run_worker(sys.executable, "ours", args, selfmix)
+    variants = [(True, False), (False, False)]
+    if args.complex_weights:
+        variants += [(True, True), (False, True)]
+    for selfmix, complex_weights in variants:
+        row = run_worker(sys.executable, "ours", args, selfmix, complex_weights)
         if row:
             rows.append(row)
     if not args.skip_fairchem:
@@ -270,13 +281,14 @@ def main() -> int:
                   "fairchem rows", file=sys.stderr)
     print(f"\n{args.size} size, {args.structures} slabs of 74 atoms, device {args.device}, "
           f"precision {args.precision}, {args.threads} threads")
-    print(f"{'model':<28}{'params':>11}{'train s/str':>13}{'infer s/str':>13}"
+    print(f"{'model':<30}{'params':>11}{'train s/str':>13}{'infer s/str':>13}"
           f"{'peak MiB':>10}{'selfmix/block':>15}")
     for row in rows:
         name = (f"{row['code']} EquiformerV2" if row["code"] == "fairchem" else
-                f"ours {'+ selfmix' if row['selfmix'] else '(selfmix off)'}")
+                f"ours {'+ selfmix' if row['selfmix'] else '(selfmix off)'}"
+                f"{'' if row.get('parity', True) else ', complex'}")
         share = row.get("selfmix_share_of_block")
-        print(f"{name:<28}{row['params']:>11,}{row['train_s_per_structure']:>13.3f}"
+        print(f"{name:<30}{row['params']:>11,}{row['train_s_per_structure']:>13.3f}"
               f"{row['infer_s_per_structure']:>13.3f}{row['peak_mem_MiB']:>10.0f}"
               f"{'' if share is None else f'{100 * share:.1f} %':>15}")
     if args.json:
