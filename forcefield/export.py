@@ -6,8 +6,8 @@ tensors and built-in Python values, so that :func:`torch.load` with
 
     {
         "format_version": 1,
-        "model_class": "GauntMACE",            # a class in forcefield.models
-        "config": {...},                        # GauntMACE(**config) rebuilds the network
+        "model_class": "GauntMACE",            # a class of forcefield.models.MODELS
+        "config": {...},                        # cls(**config) rebuilds the network
         "state_dict": {name: tensor},           # the weights (EMA weights from training)
         "species": [1, 6, 7, 8],                # atomic numbers the model knows
         "r_max": 5.0,                           # cutoff radius (A)
@@ -306,14 +306,16 @@ def read_model_file(path: str | os.PathLike) -> dict:
 
 
 def _model_class(name: str) -> type[torch.nn.Module]:
-    import forcefield.models as models
+    from forcefield.models import MODELS, model_class
 
-    cls = getattr(models, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+    try:
+        return model_class(name)
+    except KeyError:
+        known = sorted(cls.__name__ for cls in MODELS.values())
         raise ModelFileError(
-            f"model class {name!r} is not available in forcefield.models of this version"
-        )
-    return cls
+            f"model class {name!r} is not available in forcefield.models of this version "
+            f"(known: {known})"
+        ) from None
 
 
 def load_model(

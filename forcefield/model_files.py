@@ -126,7 +126,8 @@ def module_from_checkpoint(raw: dict, path: str | os.PathLike = "checkpoint"):
     hp = raw["hyper_parameters"]
     try:
         module = ForceFieldModule(model_config=hp["model_config"], training=hp.get("training"),
-                                  dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
+                                  dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False),
+                                  model_class=hp.get("model_class"))
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(
             f"{path}: the stored model_config does not fit this forcefield version ({exc}); "

@@ -1,4 +1,10 @@
-"""forcefield.models: complete potentials (GauntMACE), presets and ``build_model``."""
+"""forcefield.models: complete potentials, their registry, presets and ``build_model``.
+
+``MODELS`` maps an architecture name (the ``architecture`` key of a model config; absent
+means ``gaunt_mace``, as in files written before there were several) to its class.  Every
+class takes its config as keyword arguments, keeps the complete config as ``model.config``
+and lists its valid keys in ``config_keys()``.  A new family registers with one line.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,45 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
+from .gaunt_equiformer_v2 import GauntEquiformerV2
 from .gaunt_mace import DEFAULT_CONFIG, GauntMACE
 
-__all__ = ["GauntMACE", "DEFAULT_CONFIG", "PRESETS", "build_model", "get_preset"]
+__all__ = ["GauntMACE", "GauntEquiformerV2", "DEFAULT_CONFIG", "MODELS", "PRESETS",
+           "architecture_of", "build_model", "config_keys", "get_preset", "model_class"]
+
+#: architecture name -> model class
+MODELS: dict[str, type[torch.nn.Module]] = {
+    "gaunt_mace": GauntMACE,
+    "gaunt_equiformer_v2": GauntEquiformerV2,
+}
+DEFAULT_ARCHITECTURE = "gaunt_mace"
+
+
+def architecture_of(model_cfg: Mapping[str, Any] | None) -> str:
+    """The architecture a model config names (``gaunt_mace`` when it names none)."""
+    name = (model_cfg or {}).get("architecture") or DEFAULT_ARCHITECTURE
+    if name not in MODELS:
+        raise ValueError(f"model.architecture={name!r} is not a known architecture; choose one "
+                         f"of {sorted(MODELS)} (or a preset: model=<name>)")
+    return str(name)
+
+
+def model_class(name: str) -> type[torch.nn.Module]:
+    """The class registered under an architecture name or a class name (model files store
+    the class name)."""
+    if name in MODELS:
+        return MODELS[name]
+    for cls in MODELS.values():
+        if cls.__name__ == name:
+            return cls
+    raise KeyError(name)
+
+
+def config_keys(architecture: str) -> set[str]:
+    """The valid model config keys of an architecture."""
+    return set(MODELS[architecture].config_keys())
 
 #: Model hyperparameter presets (conf/model/<name>.yaml mirrors these).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -67,8 +109,8 @@ def _stat(statistics: Any, key: str) -> Any:
     return getattr(statistics, key, None)
 
 
-def build_model(model_cfg: Mapping[str, Any] | None, statistics: Any = None) -> GauntMACE:
-    """Build a GauntMACE from a model config, filling in the dataset statistics.
+def build_model(model_cfg: Mapping[str, Any] | None, statistics: Any = None) -> torch.nn.Module:
+    """Build the model a config names (``architecture``), filling in the dataset statistics.
 
     ``model_cfg`` may name a preset (``{"name": "gaunt_mace_small", ...}``: the preset's
     values are the defaults, explicit keys override them). ``statistics`` is a
@@ -77,8 +119,9 @@ def build_model(model_cfg: Mapping[str, Any] | None, statistics: Any = None) -> 
     (-> energy_scale) fill every key that the config leaves unset (None or absent).
     """
     cfg = _plain(model_cfg) if model_cfg is not None else {}
+    architecture = architecture_of(cfg)
     name = cfg.get("name")
-    base = get_preset(name) if name in PRESETS else {}
+    base = get_preset(name) if name in PRESETS and architecture == "gaunt_mace" else {}
     cfg = {**base, **{k: v for k, v in cfg.items() if v is not None}}
     fill = {
         "species": _stat(statistics, "species"),
@@ -92,4 +135,8 @@ def build_model(model_cfg: Mapping[str, Any] | None, statistics: Any = None) -> 
             cfg[key] = _plain(value) if key in ("species", "e0s") else value
     if cfg.get("energy_scale") is not None and float(cfg["energy_scale"]) <= 0:
         cfg["energy_scale"] = 1.0
-    return GauntMACE(**cfg)
+    unknown = sorted(set(cfg) - config_keys(architecture))
+    if unknown:
+        raise ValueError(f"unknown model config key(s) {unknown} for architecture "
+                         f"{architecture!r}; valid keys are {sorted(config_keys(architecture))}")
+    return MODELS[architecture](**cfg)

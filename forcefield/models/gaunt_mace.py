@@ -27,6 +27,7 @@ __all__ = ["GauntMACE", "DEFAULT_CONFIG"]
 
 #: Every hyperparameter of the model with its default (``species`` has none: required).
 DEFAULT_CONFIG: dict[str, Any] = {
+    "architecture": "gaunt_mace",
     "name": "gaunt_mace",
     "species": None,
     "r_max": 5.0,
@@ -69,6 +70,9 @@ def _normalise_config(config: dict[str, Any]) -> dict[str, Any]:
     cfg["e0s"] = {int(z): float(e) for z, e in dict(cfg["e0s"]).items()}
     cfg["gaunt_method"] = str(cfg["gaunt_method"])
     cfg["name"] = str(cfg["name"])
+    if cfg["architecture"] != "gaunt_mace":
+        raise ValueError(f"model.architecture={cfg['architecture']!r} does not match GauntMACE "
+                         "('gaunt_mace')")
     if cfg["r_max"] <= 0:
         raise ValueError(f"model.r_max must be positive, got {cfg['r_max']}")
     if cfg["correlation"] < 1 or cfg["num_interactions"] < 1 or cfg["channels"] < 1:
@@ -150,6 +154,11 @@ class GauntMACE(nn.Module):
         self.head = AtomicEnergyHead(
             [cfg["e0s"].get(z, 0.0) for z in species], cfg["energy_shift"], cfg["energy_scale"]
         )
+
+    @classmethod
+    def config_keys(cls) -> set[str]:
+        """The valid model config keys."""
+        return set(DEFAULT_CONFIG)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -5,11 +5,16 @@
       + w_S * mean over stress components (S_pred - S_ref)^2      (when labelled)
 
 With ``kind="huber"`` each squared error is replaced by the Huber function with
-threshold ``huber_delta``. Fixed atoms never enter the force term. Under DDP each mean is
-taken over the elements of *all* ranks (one all-reduce of the three counts per step), so
-ranks holding different numbers of atoms (atom-budget batches) still give the exact
-per-atom mean after DDP averages the gradients. Errors are
-formed in float64 so that a float32 model still subtracts total energies of
+threshold ``huber_delta``; ``kind="mae"`` takes absolute errors; ``kind="l2mae"`` takes,
+for forces (and stress), the Euclidean norm of each atom's error vector, averaged over
+atoms (OC20's force "L2MAE"; for energies it equals ``mae``). ``energy_kind`` /
+``forces_kind`` override ``kind`` per term. ``energy_per_atom=false`` compares total
+energies (OC20 S2EF), and ``normalizer`` divides every error by a target std (OC20's
+2.8873 eV), as training on normalised targets does. Fixed atoms never enter the force
+term. Under DDP each mean is taken over the elements of *all* ranks (one all-reduce of
+the three counts per step), so ranks holding different numbers of atoms (atom-budget
+batches) still give the exact per-atom mean after DDP averages the gradients. Errors
+are formed in float64 so that a float32 model still subtracts total energies of
 ~ -17660 eV exactly.
 """
 
@@ -22,25 +27,47 @@ import torch
 
 from forcefield.training.metrics import _num_atoms, free_atom_mask
 
+KINDS = ("mse", "huber", "mae", "l2mae")
+
 
 @dataclass
 class LossConfig:
     energy_weight: float = 1.0
     forces_weight: float = 1000.0
     stress_weight: float = 0.0
-    kind: str = "mse"  # mse | huber
+    kind: str = "mse"  # mse | huber | mae | l2mae
     huber_delta: float = 0.01
+    energy_kind: str | None = None  # overrides kind for the energy term
+    forces_kind: str | None = None  # overrides kind for the force (and stress) term
+    energy_per_atom: bool = True  # false: total-energy errors (OC20 S2EF)
+    normalizer: float = 1.0  # errors are divided by this target std
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mse", "huber"):
-            raise ValueError(f"training.loss.kind must be 'mse' or 'huber', got {self.kind!r}")
+        for key in ("kind", "energy_kind", "forces_kind"):
+            value = getattr(self, key)
+            if value is None and key != "kind":
+                continue
+            if value not in KINDS:
+                raise ValueError(f"training.loss.{key} must be one of {', '.join(KINDS)}, "
+                                 f"got {value!r}")
+        if float(self.normalizer) <= 0:
+            raise ValueError(f"training.loss.normalizer must be positive, got {self.normalizer}")
 
 
-def _elementwise(diff: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    if cfg.kind == "huber":
+def _elementwise(diff: torch.Tensor, cfg: LossConfig, kind: str | None = None
+                 ) -> torch.Tensor:
+    """Per-element penalties of errors ``diff`` ([B] energies, [N, 3] per-atom vectors or
+    [B, 3, 3] stresses); ``l2mae`` gives one value per atom (or structure)."""
+    kind = kind or cfg.kind
+    diff = diff / float(cfg.normalizer)
+    if kind == "huber":
         return torch.nn.functional.huber_loss(
             diff, torch.zeros_like(diff), reduction="none", delta=cfg.huber_delta
         )
+    if kind == "mae" or (kind == "l2mae" and diff.dim() == 1):
+        return diff.abs()
+    if kind == "l2mae":
+        return torch.linalg.vector_norm(diff.flatten(1), dim=-1)
     return diff**2
 
 
@@ -56,18 +83,19 @@ def compute_loss(
     """
     elements: dict[str, torch.Tensor] = {}
     if cfg.energy_weight > 0 and getattr(batch, "energy", None) is not None:
-        natoms = _num_atoms(batch)
         diff = (pred["energy"].to(torch.float64).reshape(-1)
-                - batch.energy.to(torch.float64).reshape(-1)) / natoms
-        elements["energy"] = _elementwise(diff, cfg)
+                - batch.energy.to(torch.float64).reshape(-1))
+        if cfg.energy_per_atom:
+            diff = diff / _num_atoms(batch)
+        elements["energy"] = _elementwise(diff, cfg, cfg.energy_kind)
     if cfg.forces_weight > 0 and getattr(batch, "forces", None) is not None:
         free = free_atom_mask(batch)
         diff = (pred["forces"].to(torch.float64) - batch.forces.to(torch.float64))[free]
-        elements["forces"] = _elementwise(diff, cfg)
+        elements["forces"] = _elementwise(diff, cfg, cfg.forces_kind)
     if (cfg.stress_weight > 0 and getattr(batch, "stress", None) is not None
             and pred.get("stress") is not None):
         diff = pred["stress"].to(torch.float64) - batch.stress.to(torch.float64)
-        elements["stress"] = _elementwise(diff, cfg)
+        elements["stress"] = _elementwise(diff, cfg, cfg.forces_kind)
     if not elements and reduce_counts is None:
         raise ValueError(
             "the batch has no energy or forces labels with a nonzero loss weight; "

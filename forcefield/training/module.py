@@ -33,11 +33,27 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def build_network(model_config: Mapping[str, Any]) -> torch.nn.Module:
-    """Rebuild the network from its stored constructor config."""
-    from forcefield.models import GauntMACE
+def build_network(model_config: Mapping[str, Any], model_class: str | None = None
+                  ) -> torch.nn.Module:
+    """Rebuild the network from its stored constructor config.
 
-    return GauntMACE(**dict(model_config))
+    The class is ``model_class`` (a class name saved in the checkpoint) when given, else
+    the config's ``architecture`` (checkpoints written before the registry hold neither:
+    GauntMACE).
+    """
+    from forcefield.models import MODELS, architecture_of
+    from forcefield.models import model_class as lookup
+
+    config = dict(model_config)
+    if model_class:
+        try:
+            cls = lookup(str(model_class))
+        except KeyError:
+            raise ConfigError(f"the checkpoint's model class {model_class!r} is not in this "
+                              f"forcefield (known: {sorted(MODELS)})") from None
+    else:
+        cls = MODELS[architecture_of(config)]
+    return cls(**config)
 
 
 class ForceFieldModule(pl.LightningModule):
@@ -54,17 +70,18 @@ class ForceFieldModule(pl.LightningModule):
         dtype: str = "float64",
         oc20: bool = False,
         model: torch.nn.Module | None = None,
+        model_class: str | None = None,
     ) -> None:
         super().__init__()
         if model is None:
             if model_config is None:
                 raise ValueError("ForceFieldModule needs a model or a model_config")
-            model = build_network(model_config)
+            model = build_network(model_config, model_class)
         model_config = plain_container(dict(getattr(model, "config", model_config) or {}))
         training = plain_container(dict(training or {}))
         self.save_hyperparameters(
             {"model_config": model_config, "training": training, "dtype": str(dtype),
-             "oc20": bool(oc20)}
+             "oc20": bool(oc20), "model_class": type(model).__name__}
         )
         torch_dtype = torch.float64 if str(dtype) in ("float64", "double") else torch.float32
         self.model = model.to(torch_dtype)
@@ -325,12 +342,12 @@ class ForceFieldModule(pl.LightningModule):
     # ------------------------------------------------------------------ stage two
     def _stage_two_loss(self) -> LossConfig:
         cfg = self.stage_two
-        return LossConfig(
+        import dataclasses
+
+        return dataclasses.replace(
+            self.loss_cfg,
             energy_weight=float(cfg.get("energy_weight", 1000.0)),
             forces_weight=float(cfg.get("forces_weight", 100.0)),
-            stress_weight=self.loss_cfg.stress_weight,
-            kind=self.loss_cfg.kind,
-            huber_delta=self.loss_cfg.huber_delta,
         )
 
     def _stage_two_due(self) -> bool:
@@ -391,10 +408,15 @@ class ForceFieldModule(pl.LightningModule):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint_file(cls, path: str | Path, map_location="cpu") -> ForceFieldModule:
-        ckpt = load_checkpoint(path, map_location=map_location)
+        return cls.from_checkpoint(load_checkpoint(path, map_location=map_location))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> ForceFieldModule:
+        """The module of a loaded checkpoint dict (the one rebuild path: any architecture)."""
         hp = ckpt["hyper_parameters"]
         module = cls(model_config=hp["model_config"], training=hp.get("training"),
-                     dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False))
+                     dtype=hp.get("dtype", "float64"), oc20=hp.get("oc20", False),
+                     model_class=hp.get("model_class"))
         module.load_state_dict(ckpt["state_dict"])
         return module
 

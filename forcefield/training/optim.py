@@ -119,7 +119,8 @@ def build_scheduler(
     if name == "cosine":
         warmup = cfg.get("warmup_steps")
         if warmup is None:
-            warmup = int(cfg.get("warmup_epochs", 0) or 0) * int(steps_per_epoch or 0)
+            # fractional epochs allowed (OC20 recipes warm up for 0.1 epoch)
+            warmup = int(float(cfg.get("warmup_epochs", 0) or 0) * int(steps_per_epoch or 0))
         total = cfg.get("total_steps") or total_steps
         if total is None or not math.isfinite(float(total)):
             raise ValueError(

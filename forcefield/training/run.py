@@ -174,9 +174,14 @@ def validate_train_config(cfg: DictConfig) -> None:
         check_keys(cfg.training, TRAINING_KEYS, "training")
     if str(cfg.dtype) not in DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r} is not supported; use float32 or float64")
-    from forcefield.models import DEFAULT_CONFIG
+    from forcefield.models import architecture_of, config_keys
 
-    check_keys(cfg.model, DEFAULT_CONFIG, "model")
+    try:
+        architecture = architecture_of(cfg.model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    # each architecture has its own keys: a typo, or a key of another family, is named
+    check_keys(cfg.model, config_keys(architecture), "model")
     import inspect
 
     import lightning.pytorch as pl
