@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -43,6 +44,24 @@ OPTIONAL = {
 
 EPOCH_ROW_KEY = "epoch_time_s"
 """A metrics dict holding this key is the module's end-of-epoch row."""
+
+
+class TensorBoardLogger(_LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger whose event file stays open from fit to test.
+
+    Lightning finalizes every logger after ``fit``; the stock logger closes its writer
+    there, and the test table then reopens a new event file named after the current second:
+    within the same second that name is the first file's, which is truncated (a fit shorter
+    than a second lost every epoch's scalars). Here ``finalize`` only flushes; the file is
+    closed when the writer is collected at the end of the process.
+    """
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self.experiment.flush()
+        if status == "success":
+            self.save()
 
 
 class EpochCSVLogger(Logger):
@@ -178,4 +197,5 @@ def log_row(trainer, metrics: Mapping[str, Any], step: int) -> None:
         logger.log_metrics(numbers, step=step)
 
 
-__all__ = ["EpochCSVLogger", "OPTIONAL", "build_callbacks", "build_loggers", "log_row"]
+__all__ = ["EpochCSVLogger", "OPTIONAL", "TensorBoardLogger", "build_callbacks",
+           "build_loggers", "log_row"]
