@@ -10,8 +10,6 @@ a fixed order, so results do not depend on the number of threads.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
 from dataclasses import dataclass
 from functools import cache
 
@@ -31,17 +29,8 @@ _SENDERS_ARGS = ([_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER]
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("FORCEFIELD_NO_CPU_KERNEL"):
-        return None
-    try:
-        spec = importlib.util.find_spec("forcefield.so3._conv_kernel")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not os.path.exists(spec.origin):
-        return None
-    try:
-        library = ctypes.CDLL(spec.origin)
-    except OSError:
+    library = grid_kernel.load_extension("forcefield.so3._conv_kernel")
+    if library is None:
         return None
     for dtype in ("f32", "f64"):
         for name, argtypes in (("receivers", _RECEIVERS_ARGS), ("senders", _SENDERS_ARGS)):

@@ -30,19 +30,27 @@ _POINTER = ctypes.c_void_p
 _ARGTYPES = [_POINTER] * 6 + [ctypes.c_int64] * 2 + [_POINTER] * 8
 
 
-@cache
-def _library() -> ctypes.CDLL | None:
+def load_extension(module: str) -> ctypes.CDLL | None:
+    """The compiled C extension ``module`` through ctypes, or None (not built, fails to load,
+    or ``FORCEFIELD_NO_CPU_KERNEL`` set): callers then take the torch route."""
     if os.environ.get("FORCEFIELD_NO_CPU_KERNEL"):
         return None
     try:
-        spec = importlib.util.find_spec("forcefield.so3._grid_kernel")
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.origin or not os.path.exists(spec.origin):
         return None
     try:
-        library = ctypes.CDLL(spec.origin)
+        return ctypes.CDLL(spec.origin)
     except OSError:
+        return None
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    library = load_extension("forcefield.so3._grid_kernel")
+    if library is None:
         return None
     for name in ("gaunt_grid_f32", "gaunt_grid_f64"):
         function = getattr(library, name)
