@@ -179,9 +179,9 @@ def worker(args) -> dict:
     from ase.md.verlet import VelocityVerlet
 
     torch.set_num_threads(args.threads)
-    from forcefield.models import PRESETS
-
-    preset = dict(PRESETS[args.preset])
+    # the parent resolves the preset: the mace-torch environment has no forcefield
+    # dependencies (torch_geometric, ...) and must not import forcefield
+    preset = json.loads(args.preset_json)
     atoms = ase.io.read(args.structure)
     t0 = time.perf_counter()
     calc, timer = (build_mace if args.worker == "mace" else build_ours)(args, preset, atoms)
@@ -232,7 +232,10 @@ def worker(args) -> dict:
 
 # ----------------------------------------------------------------------------- driver
 def run_case(python, args, impl, preset, structure) -> dict:
-    cmd = [str(python), __file__, "--worker", impl, "--preset", preset, "--structure",
+    from forcefield.models import PRESETS
+
+    cmd = [str(python), __file__, "--worker", impl, "--preset", preset,
+           "--preset-json", json.dumps(PRESETS[preset]), "--structure",
            str(structure), "--threads", str(args.threads), "--dtype", args.dtype, "--device",
            args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--max-seconds", str(args.max_seconds)]
@@ -269,6 +272,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--worker", choices=["ours", "before", "mace"], help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--preset-json", help=argparse.SUPPRESS)
     parser.add_argument("--structure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 

@@ -187,9 +187,9 @@ def worker(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from forcefield.models import PRESETS
-
-    preset = dict(PRESETS[args.preset])
+    # the parent resolves the preset: the mace-torch environment has no forcefield
+    # dependencies (torch_geometric, ...) and must not import forcefield
+    preset = json.loads(args.preset_json)
     n_structures = args.batch_size * args.num_batches
     atoms_list, e0s = _load_structures(n_structures)
     avg_nn = _avg_neighbours(atoms_list, preset["r_max"])
@@ -258,15 +258,23 @@ def worker(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
+def preset_json(name: str) -> str:
+    """The preset's hyperparameters as JSON, for a worker that cannot import forcefield."""
+    from forcefield.models import PRESETS
+
+    return json.dumps(PRESETS[name])
+
+
 def run_one(python: str, impl: str, preset: str, mode: str, args) -> dict | None:
     """One measurement in a fresh process; impl "before" is GauntMACE on its torch route."""
     torch_route = impl == "before"
     impl = "gaunt" if torch_route else impl
     cmd = [
         python, str(Path(__file__).resolve()), "--worker", impl, "--preset", preset,
-        "--mode", mode, "--batch-size", str(args.batch_size), "--num-batches",
-        str(args.num_batches), "--steps", str(args.steps), "--threads", str(args.threads),
-        "--device", args.device, "--dtype", args.dtype,
+        "--preset-json", preset_json(preset), "--mode", mode, "--batch-size",
+        str(args.batch_size), "--num-batches", str(args.num_batches), "--steps",
+        str(args.steps), "--threads", str(args.threads), "--device", args.device, "--dtype",
+        args.dtype,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     if torch_route:
@@ -300,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--worker", choices=["gaunt", "mace"], help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
+    p.add_argument("--preset-json", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
