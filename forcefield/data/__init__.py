@@ -28,6 +28,9 @@ from forcefield.data.statistics import (
 
 _LAZY = {  # imported on first use: lightning is slow to import
     "ASEDataModule": "forcefield.data.datamodules",
+    "BudgetBatchSampler": "forcefield.data.sampler",
+    "StreamingDataset": "forcefield.data.streaming",
+    "ShardedAseLmdbWriter": "forcefield.data.writers",
     "AtomisticDataModule": "forcefield.data.datamodules",
     "OC20DataModule": "forcefield.data.datamodules",
     "ThreeBPADataModule": "forcefield.data.datamodules",
@@ -47,10 +50,13 @@ def __getattr__(name: str):
 __all__ = [
     "ASEDataModule",
     "AtomicData",
+    "BudgetBatchSampler",
     "AtomisticDataModule",
     "DataError",
     "DatasetStatistics",
     "OC20DataModule",
+    "ShardedAseLmdbWriter",
+    "StreamingDataset",
     "ThreeBPADataModule",
     "batch_edge_vectors",
     "build_graphs",

@@ -49,7 +49,8 @@ class StreamingDataset(Dataset):
         r_max: neighbour cutoff in Angstrom.
         max_neighbors: keep each atom's k nearest neighbours (None: all within r_max).
         task: "s2ef" or "is2re" (legacy LMDB key mapping; IS2RE drops forces and stress).
-        required: labels every structure must have (a missing one is an error naming the row).
+        required: labels every structure must have (a missing one is an error naming the
+            row); None: energy and forces for S2EF, energy for IS2RE.
         energy_key / forces_key / stress_key: label names (default: the calculator fields).
         lmdb_keys: legacy LMDB key mapping overrides.
         cache_dir: where ``metadata.npz`` goes when the data directory is read-only.
@@ -63,7 +64,7 @@ class StreamingDataset(Dataset):
         *,
         max_neighbors: int | None = None,
         task: str = "s2ef",
-        required: Sequence[str] = ("energy", "forces"),
+        required: Sequence[str] | None = None,
         energy_key: str | None = None,
         forces_key: str | None = None,
         stress_key: str | None = None,
@@ -87,6 +88,8 @@ class StreamingDataset(Dataset):
         self.r_max = float(r_max)
         self.max_neighbors = None if max_neighbors is None else int(max_neighbors)
         self.task = task
+        if required is None:
+            required = ("energy", "forces") if task == "s2ef" else ("energy",)
         self.required = tuple(required)
         self.drop = ("forces", "stress") if task == "is2re" else ()
         self.options = {"task": task, "lmdb_keys": dict(lmdb_keys) if lmdb_keys else None,
