@@ -95,19 +95,11 @@ def _sources(value):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``forcefield relax`` with Hydra-style overrides; return the exit code."""
-    from forcefield.training.commands import print_config, run_command
-    from forcefield.training.config import compose_config, pop_override
+    from forcefield.training.commands import compose_with_model, run_command
 
     def body(cl) -> int:
-        overrides, model = pop_override(list(cl.overrides), "model")
-        if not model:
-            raise ConfigError("missing model=PATH (a model.pt or a training checkpoint)")
-        cfg = compose_config(cl.config_name, overrides, cl.config_dir)
-        cfg.model = model
-        if cl.print_config:
-            print_config(cfg)
-            return 0
-        return run(cfg)
+        cfg = compose_with_model(cl)
+        return 0 if cfg is None else run(cfg)
 
     return run_command("relax", argv, HELP, body)
 

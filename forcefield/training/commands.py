@@ -192,20 +192,29 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return run_command("train", argv, TRAIN_HELP, body)
 
 
+def compose_with_model(cl: CommandLine):
+    """The config of a command that reads a model file (evaluate, relax): ``model=PATH`` is
+    taken out before composing, since ``model`` is also a config group of conf/. Returns
+    None after printing the config for ``--cfg``."""
+    overrides, model = pop_override(list(cl.overrides), "model")
+    if not model:
+        raise ConfigError("missing model=PATH (a model.pt or a training checkpoint)")
+    cfg = compose_config(cl.config_name, overrides, cl.config_dir)
+    cfg.model = model
+    if cl.print_config:
+        print_config(cfg)
+        return None
+    return cfg
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     def body(cl: CommandLine) -> int:
-        # `model` is also a config group of conf/: take model=PATH out before composing
-        overrides, model = pop_override(list(cl.overrides), "model")
-        if not model:
-            raise ConfigError("missing model=PATH (a model.pt or a training checkpoint)")
-        cfg = compose_config(cl.config_name, overrides, cl.config_dir)
-        cfg.model = model
-        if cl.print_config:
-            print_config(cfg)
+        cfg = compose_with_model(cl)
+        if cfg is None:
             return 0
         from forcefield.training.run import evaluate
 
-        return evaluate(cfg, model)
+        return evaluate(cfg, str(cfg.model))
 
     return run_command("evaluate", argv, EVALUATE_HELP, body)
 
