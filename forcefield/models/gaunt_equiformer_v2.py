@@ -40,6 +40,7 @@ from forcefield.nn import (
     SpeciesIndex,
     default_grid_degree,
 )
+from forcefield.nn.conservative import energy_derivatives, smootherstep, strained_geometry
 
 __all__ = ["GauntEquiformerV2", "nearest_neighbours"]
 
@@ -277,18 +278,9 @@ class GauntEquiformerV2(nn.Module):
         need_grad = grad_forces or compute_stress or training
         ctx = torch.enable_grad() if need_grad else contextlib.nullcontext()
         with ctx:
-            inputs = []
-            if grad_forces:
-                pos = pos.detach().requires_grad_(True)
-                inputs.append(pos)
-            pos_s = pos
-            if compute_stress:
-                displacement = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device,
-                                           requires_grad=True)
-                inputs.append(displacement)
-                strain = 0.5 * (displacement + displacement.transpose(1, 2))
-                pos_s = pos + torch.einsum("ni,nij->nj", pos, strain[batch])
-                cell = cell + torch.matmul(cell, strain)
+            pos, pos_s, cell, inputs = strained_geometry(pos, cell, batch, num_graphs,
+                                                         pos_grad=grad_forces,
+                                                         stress=compute_stress)
             shift_vec = torch.einsum("ei,eij->ej", shifts, cell[batch[receiver]])
             vec = pos_s[sender] - pos_s[receiver] + shift_vec
             r = torch.linalg.vector_norm(vec, dim=-1)
@@ -301,8 +293,7 @@ class GauntEquiformerV2(nn.Module):
             rbf = self.rbf(r.unsqueeze(-1))
             wigner = self.rotation(vec)
             coordination = scatter(envelope, receiver, dim=0, dim_size=n, reduce="sum")
-            s = coordination.clamp(0.0, 1.0)
-            shift_weight = s * s * s * (10.0 - 15.0 * s + 6.0 * s * s)
+            shift_weight = smootherstep(coordination)
 
             k = (self.config["lmax"] + 1) ** 2
             x = nn.functional.pad(self.embedding(species_idx).unsqueeze(-1), (0, k - 1))
@@ -323,21 +314,8 @@ class GauntEquiformerV2(nn.Module):
                 f = self.force_head(x, edge, self.rotation, wigner, envelope, sender, receiver)
                 # degree 1 in e3nn order is (x, y, z): the force vector
                 out["forces"] = f[:, 0, 1:4].to(torch.float64) * self.head.scale
-            if inputs:
-                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training,
-                                            allow_unused=True)
-                grads = [torch.zeros_like(t) if g is None else g
-                         for g, t in zip(grads, inputs, strict=True)]
-                if grad_forces:
-                    out["forces"] = -grads[0].to(torch.float64)
-                if compute_stress:
-                    virial = -grads[-1].to(torch.float64)
-                    volume = torch.linalg.det(data.cell.to(torch.float64).reshape(-1, 3, 3)).abs()
-                    safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-                    stress = torch.where(volume[:, None, None] > 0,
-                                         -virial / safe[:, None, None], torch.zeros_like(virial))
-                    out["virial"] = virial
-                    out["stress"] = stress
+            out.update(energy_derivatives(energy, inputs, data.cell, forces=grad_forces,
+                                          stress=compute_stress, training=training))
         if not training:
             out = {k: v.detach() for k, v in out.items()}
         return out

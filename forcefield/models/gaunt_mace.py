@@ -22,6 +22,7 @@ from forcefield.nn import (
     SpeciesEmbedding,
     SpeciesIndex,
 )
+from forcefield.nn.conservative import energy_derivatives, smootherstep, strained_geometry
 
 __all__ = ["GauntMACE", "DEFAULT_CONFIG"]
 
@@ -191,19 +192,9 @@ class GauntMACE(nn.Module):
         need_grad = compute_forces or compute_stress or training
         ctx = torch.enable_grad() if need_grad else contextlib.nullcontext()
         with ctx:
-            inputs = []
-            if compute_forces or compute_stress:
-                pos = pos.detach().requires_grad_(True)
-                inputs.append(pos)
-            pos_s = pos
-            if compute_stress:
-                displacement = torch.zeros(
-                    num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=True
-                )
-                inputs.append(displacement)
-                strain = 0.5 * (displacement + displacement.transpose(1, 2))
-                pos_s = pos + torch.einsum("ni,nij->nj", pos, strain[batch])
-                cell = cell + torch.matmul(cell, strain)
+            pos, pos_s, cell, inputs = strained_geometry(
+                pos, cell, batch, num_graphs, pos_grad=compute_forces or compute_stress,
+                stress=compute_stress)
             shift_vec = torch.einsum("ei,eij->ej", shifts, cell[batch[receiver]])
             vec = pos_s[sender] - pos_s[receiver] + shift_vec
             r = torch.linalg.vector_norm(vec, dim=-1, keepdim=True)
@@ -214,8 +205,7 @@ class GauntMACE(nn.Module):
             # envelope-weighted neighbour count, 0 for an isolated atom, exactly 1 from one
             # full neighbour on (every atom of a molecule or solid)
             coordination = scatter(envelope[:, 0], receiver, dim=0, dim_size=n, reduce="sum")
-            x = coordination.clamp(0.0, 1.0)
-            shift_weight = x * x * x * (10.0 - 15.0 * x + 6.0 * x * x)
+            shift_weight = smootherstep(coordination)
 
             h = self.embedding(species_idx).unsqueeze(-1)
             model_energy = torch.zeros(n, dtype=dtype, device=pos.device)
@@ -226,25 +216,8 @@ class GauntMACE(nn.Module):
             energy = scatter(node_energy, batch, dim=0, dim_size=num_graphs, reduce="sum")
 
             out: dict[str, torch.Tensor] = {"energy": energy, "node_energy": node_energy}
-            if inputs:
-                grads = torch.autograd.grad(
-                    energy.sum(), inputs, create_graph=training, allow_unused=True
-                )
-                grads = [
-                    torch.zeros_like(x) if g is None else g
-                    for g, x in zip(grads, inputs, strict=True)
-                ]
-                if compute_forces:
-                    out["forces"] = -grads[0].to(torch.float64)
-                if compute_stress:
-                    virial = -grads[-1].to(torch.float64)
-                    volume = torch.linalg.det(data.cell.to(torch.float64).reshape(-1, 3, 3)).abs()
-                    safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-                    stress = -virial / safe[:, None, None]
-                    periodic = volume[:, None, None] > 0
-                    stress = torch.where(periodic, stress, torch.zeros_like(stress))
-                    out["virial"] = virial
-                    out["stress"] = stress
+            out.update(energy_derivatives(energy, inputs, data.cell, forces=compute_forces,
+                                          stress=compute_stress, training=training))
         if not training:
             out = {k: v.detach() for k, v in out.items()}
         return out

@@ -1,5 +1,6 @@
 """forcefield.nn: building blocks of the Gaunt-MACE and Gaunt-EquiformerV2 potentials."""
 
+from .conservative import energy_derivatives, smootherstep, strained_geometry
 from .drop_path import DropPath
 from .edge_degree_embedding import EdgeDegreeEmbedding
 from .edge_mlp import EdgeMLP
@@ -18,6 +19,9 @@ from .so2_convolution import SO2Convolution
 from .wigner import EdgeRotation, WignerD, edge_frame, m_truncated_index
 
 __all__ = [
+    "energy_derivatives",
+    "smootherstep",
+    "strained_geometry",
     "AtomicEnergyHead",
     "BesselBasis",
     "DegreeLinear",
