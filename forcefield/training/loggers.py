@@ -52,8 +52,9 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
     Lightning finalizes every logger after ``fit``; the stock logger closes its writer
     there, and the test table then reopens a new event file named after the current second:
     within the same second that name is the first file's, which is truncated (a fit shorter
-    than a second lost every epoch's scalars). Here ``finalize`` only flushes; the file is
-    closed when the writer is collected at the end of the process.
+    than a second lost every epoch's scalars). Here ``finalize`` only flushes, and
+    :meth:`close` (called by ``forcefield train`` after the test, through
+    :func:`close_loggers`) writes every queued event and closes the file.
     """
 
     @rank_zero_only
@@ -62,6 +63,19 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
             self.experiment.flush()
         if status == "success":
             self.save()
+
+    @rank_zero_only
+    def close(self) -> None:
+        """Write every queued event and close the file (after the test)."""
+        if self._experiment is not None:
+            self.experiment.close()
+
+
+def close_loggers(loggers) -> None:
+    """Close the loggers that hold a file open across fit and test (see TensorBoardLogger)."""
+    for logger in loggers or []:
+        if callable(getattr(logger, "close", None)):
+            logger.close()
 
 
 class EpochCSVLogger(Logger):
@@ -197,5 +211,5 @@ def log_row(trainer, metrics: Mapping[str, Any], step: int) -> None:
         logger.log_metrics(numbers, step=step)
 
 
-__all__ = ["EpochCSVLogger", "OPTIONAL", "TensorBoardLogger", "build_callbacks",
+__all__ = ["EpochCSVLogger", "OPTIONAL", "TensorBoardLogger", "build_callbacks", "close_loggers",
            "build_loggers", "log_row"]

@@ -467,6 +467,9 @@ def train(cfg: DictConfig) -> int:
             module.collect_predictions = bool(cfg.test.predictions)
             trainer.test(module, dataloaders=loaders, verbose=False)
             results = module.test_results
+    from forcefield.training.loggers import close_loggers
+
+    close_loggers(loggers)  # every scalar on disk before the run directory is complete
     if not is_zero:
         return 0
     val = {k: v for k, v in module.last_val.items()}
