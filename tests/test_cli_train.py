@@ -284,3 +284,46 @@ def test_unknown_element_in_test_data_is_a_clear_error(run_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert "'copper'" in err and "Cu (Z=29)" in err and "Traceback" not in err
     assert not (out / "metrics.json").exists()
+
+
+def test_time_limited_run_fits_its_schedule_to_the_time(tmp_path, monkeypatch):
+    """With only trainer.max_time (no epoch limit) the cosine decay and stage two follow the
+    time actually available. The Timer's clock is a fake one that advances 1 s per training
+    step (2 steps per epoch here), so the schedule is exact: after the first epoch the pace
+    says 20 steps fit in the 20 s budget and the cosine decays over those; stage two starts
+    at the first epoch after 75 % of the time with its constant lr; the fit stops at the
+    epoch boundary after which another epoch would not fit (18 s)."""
+    import csv
+    import math
+    import types
+
+    from lightning.pytorch.callbacks import timer as timer_module
+
+    from forcefield.training.module import ForceFieldModule
+
+    clock = [0.0]
+    monkeypatch.setattr(timer_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    step = ForceFieldModule.training_step
+
+    def timed_step(self, batch, batch_idx):
+        clock[0] += 1.0
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ForceFieldModule, "training_step", timed_step)
+    out = tmp_path / "timed"
+    args = [a for a in TINY if not a.startswith("trainer.max_")]
+    assert train_cli.main([*args, *QUICK, "trainer.max_epochs=null",
+                           "trainer.max_time=00:00:00:20", "trainer.enable_progress_bar=false",
+                           f"output_dir={out}"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert [r["stage"] for r in rows] == ["1"] * 8 + ["2"]
+
+    def cosine(s: int) -> float:  # the default: peak 0.01, down to 1 % over 20 steps
+        return 0.01 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / 20))))
+
+    # the lr logged at an epoch end is the one of the next step; epoch 0 holds the peak
+    assert float(rows[0]["lr"]) == pytest.approx(0.01)
+    for r in rows[1:8]:
+        assert float(r["lr"]) == pytest.approx(cosine(int(r["step"]))), r["epoch"]
+    assert float(rows[8]["lr"]) == pytest.approx(0.001)

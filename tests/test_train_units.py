@@ -12,7 +12,12 @@ from torch_geometric.data import Batch, Data
 from forcefield.training.ema import EMA
 from forcefield.training.losses import LossConfig, compute_loss
 from forcefield.training.metrics import MetricAccumulator, format_table
-from forcefield.training.optim import build_optimizer, build_scheduler, parameter_groups
+from forcefield.training.optim import (
+    CosineFactor,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+)
 
 
 def _structures(rng, n=7, fixed=False):
@@ -185,6 +190,32 @@ def test_schedulers():
     assert build_scheduler(opt, {"name": "none"}) is None
     with pytest.raises(ValueError, match="finite number of steps"):
         build_scheduler(opt, {"name": "cosine"}, total_steps=float("inf"))
+
+
+def test_cosine_follows_a_time_budget():
+    """A time-limited run has no step count up front: the factor holds the peak lr until the
+    trainer estimates the steps its budget allows, then decays over exactly those (and never
+    past a step limit given too), and an exact resume restores the estimate."""
+    net = _Net()
+    opt = build_optimizer(net, {"lr": 1.0})
+    sched = build_scheduler(opt, {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.01},
+                            total_steps=float("inf"), time_limited=True)["scheduler"]
+    factor = sched.lr_lambdas[0]
+    assert isinstance(factor, CosineFactor)
+    assert factor(1) == pytest.approx(2 / 3) and factor(50) == 1.0
+    factor.follow(102.0)  # the pace so far says 102 steps fit in the budget
+    assert factor(2) == pytest.approx(1.0)
+    assert factor(52) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert factor(102) == pytest.approx(0.01) and factor(500) == pytest.approx(0.01)
+    state = sched.state_dict()
+    fresh = build_scheduler(build_optimizer(net, {"lr": 1.0}), {"name": "cosine",
+                            "warmup_steps": 2, "min_lr_ratio": 0.01},
+                            total_steps=float("inf"), time_limited=True)["scheduler"]
+    fresh.load_state_dict(state)
+    assert fresh.lr_lambdas[0](52) == pytest.approx(0.01 + 0.99 * 0.5)
+    limited = CosineFactor(0, 40.0, 0.0)
+    limited.follow(1000.0)  # more time than steps: the step limit ends the decay
+    assert limited(40) == pytest.approx(0.0) and limited(20) == pytest.approx(0.5)
 
 
 def _train_3bpa_energy_drift(graphs, stats, learn_element_shift: bool, steps: int = 60):

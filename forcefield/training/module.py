@@ -26,7 +26,7 @@ from forcefield.training.config import ConfigError
 from forcefield.training.ema import EMA
 from forcefield.training.losses import LossConfig, compute_loss
 from forcefield.training.metrics import MetricAccumulator, free_atom_mask
-from forcefield.training.optim import build_optimizer, build_scheduler
+from forcefield.training.optim import CosineFactor, build_optimizer, build_scheduler
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -105,8 +105,10 @@ class ForceFieldModule(pl.LightningModule):
         self._loss_sum = 0.0
         self._loss_count = 0
         self._epoch_start = time.perf_counter()
+        self._epoch_start_budget = 0.0  # the Timer's clock at the epoch start (max_time)
         self.last_val: dict[str, float] = {}
         self._plateau = None  # ReduceLROnPlateau, stepped after each validation
+        self._cosines: list[CosineFactor] = []  # lr factors that follow a time budget
         self._plateau_state = None
         self.stage_two = dict(training.get("stage_two") or {})
         self.stage_two_active = False
@@ -143,11 +145,14 @@ class ForceFieldModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
+        self._follow_time_budget()
         self._maybe_start_stage_two()
         self.train_metrics.reset()
         self._loss_sum = 0.0
         self._loss_count = 0
         self._epoch_start = time.perf_counter()
+        timer = self._timer()
+        self._epoch_start_budget = timer.time_elapsed("train") if timer is not None else 0.0
 
     def training_step(self, batch, batch_idx: int):
         pred = self.predict_batch(self.model, batch, training=True)
@@ -188,7 +193,7 @@ class ForceFieldModule(pl.LightningModule):
             row["lr"] = float(opt.param_groups[0]["lr"])
         row["stage"] = 2 if self.stage_two_active else 1
         row["epoch_time_s"] = time.perf_counter() - self._epoch_start
-        self._stop_before_time_runs_out(row["epoch_time_s"])
+        self._stop_before_time_runs_out()
         self.log("train_loss", row["train_loss"], prog_bar=False, sync_dist=True, logger=False)
         if self._loss_count == 0:  # resumed exactly at an epoch end: the row is written
             return
@@ -281,12 +286,18 @@ class ForceFieldModule(pl.LightningModule):
         steps_per_epoch = None
         try:
             total = self.trainer.estimated_stepping_batches
-            if self.trainer.max_epochs and self.trainer.max_epochs > 0 and math.isfinite(total):
-                steps_per_epoch = max(1, int(total) // int(self.trainer.max_epochs))
+            batches = float(self.trainer.num_training_batches)
+            if math.isfinite(batches) and batches > 0:
+                steps_per_epoch = max(1, int(batches) // int(
+                    self.trainer.accumulate_grad_batches or 1))
         except Exception:  # noqa: BLE001 - no trainer / unknown length
             total = None
         scheduler = build_scheduler(optimizer, training.get("scheduler"), total_steps=total,
-                                    steps_per_epoch=steps_per_epoch)
+                                    steps_per_epoch=steps_per_epoch,
+                                    time_limited=self._time_budget() is not None)
+        self._cosines = [] if scheduler is None else [
+            f for f in getattr(scheduler["scheduler"], "lr_lambdas", [])
+            if isinstance(f, CosineFactor)]
         self._plateau = None
         if scheduler is not None and scheduler.get("monitor"):
             self._plateau = scheduler["scheduler"]
@@ -324,15 +335,43 @@ class ForceFieldModule(pl.LightningModule):
             self.loss_cfg = self._stage_two_loss()
             self._restore_stage_two_lr = True
 
-    def _stop_before_time_runs_out(self, epoch_time: float) -> None:
-        """With trainer.max_time, stop at an epoch boundary when another epoch would not fit
-        (Lightning's Timer would cut the next epoch short and waste it)."""
+    def _timer(self):
+        """Lightning's Timer of a run with ``trainer.max_time`` (None without one)."""
         from lightning.pytorch.callbacks import Timer
 
+        if self._trainer is None:
+            return None
+        return next((cb for cb in self.trainer.callbacks
+                     if isinstance(cb, Timer) and cb._duration), None)
+
+    def _time_budget(self) -> float | None:
+        """Seconds of training that ``trainer.max_time`` allows (None: no time limit)."""
+        timer = self._timer()
+        return float(timer._duration) if timer is not None else None
+
+    def _follow_time_budget(self) -> None:
+        """Fit the cosine decay to the time actually available: from the pace so far
+        (seconds per optimiser step, validation included), the steps that the budget
+        allows become the length of the decay. Rank 0 decides, so every rank steps the
+        same lr."""
+        timer = self._timer()
+        if timer is None or not self._cosines or self.global_step == 0:
+            return
+        elapsed = timer.time_elapsed("train")
+        steps = float(timer._duration) * self.global_step / max(elapsed, 1e-6)
+        steps = float(self.trainer.strategy.broadcast(steps, src=0))
+        for factor in self._cosines:
+            factor.follow(steps)
+
+    def _stop_before_time_runs_out(self) -> None:
+        """With trainer.max_time, stop at an epoch boundary when another epoch (as long as
+        this one, validation included, on the Timer's clock) would not fit: Lightning's
+        Timer would cut the next epoch short and waste it."""
+        timer = self._timer()
         stop = False
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, Timer) and cb._duration:
-                stop = cb.time_elapsed("train") + 1.05 * epoch_time > cb._duration
+        if timer is not None:
+            now = timer.time_elapsed("train")
+            stop = now + 1.05 * (now - self._epoch_start_budget) > timer._duration
         stop = bool(self.trainer.strategy.broadcast(stop, src=0))
         if stop and not self.trainer.should_stop:
             self.trainer.should_stop = True
@@ -360,13 +399,10 @@ class ForceFieldModule(pl.LightningModule):
         max_epochs = self.trainer.max_epochs
         due = bool(max_epochs and max_epochs > 0 and self.current_epoch >= math.ceil(
             frac * max_epochs))
-        from lightning.pytorch.callbacks import Timer
-
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, Timer) and cb._duration:
-                # time-limited runs: start when this fraction of max_time has passed,
-                # leaving room for at least one more epoch
-                due = due or cb.time_elapsed("train") >= frac * cb._duration
+        timer = self._timer()
+        if timer is not None:
+            # time-limited runs: start when this fraction of max_time has passed
+            due = due or timer.time_elapsed("train") >= frac * timer._duration
         return due
 
     def _maybe_start_stage_two(self) -> None:

@@ -16,7 +16,8 @@ Scheduler config (``training.scheduler``)::
 
     name: plateau | cosine | none
     # plateau: factor, patience, min_lr, threshold, monitor (default val_loss)
-    # cosine: warmup_steps (or warmup_epochs), min_lr_ratio, total_steps (optional)
+    # cosine: warmup_steps (or warmup_epochs), min_lr_ratio, total_steps (optional; with
+    #   trainer.max_time the decay follows the time budget: see CosineFactor)
 """
 
 from __future__ import annotations
@@ -77,20 +78,46 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
     return _OPTIMIZERS[name](groups, **kwargs)
 
 
+class CosineFactor:
+    """The lr factor of step ``step``: a linear warm-up from 0 to 1 over ``warmup_steps``,
+    then a cosine decay to ``min_lr_ratio`` at ``total_steps``.
+
+    ``total_steps`` may change while training: a time-limited run re-estimates it every
+    epoch from its pace (:meth:`follow`), so that the decay ends when the time does, on a
+    slow machine as on a fast one. An object rather than a closure so that ``LambdaLR``
+    saves its state in checkpoints (an exact resume keeps the re-estimated length).
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: float, min_lr_ratio: float = 0.0):
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.max_steps = float(total_steps)      # the step limit (inf: none)
+        self.total_steps = max(self.warmup_steps + 1.0, self.max_steps)
+        self.min_lr_ratio = float(min_lr_ratio)
+
+    def follow(self, steps_in_budget: float) -> None:
+        """Decay over ``steps_in_budget`` steps (those the time budget allows), or over the
+        step limit when that comes first."""
+        self.total_steps = max(self.warmup_steps + 1.0, min(self.max_steps, steps_in_budget))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if not math.isfinite(self.total_steps):
+            return 1.0  # no estimate yet (the first epoch of a time-limited run)
+        span = max(1.0, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (
+            1.0 + math.cos(math.pi * progress))
+
+
 def cosine_with_warmup(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: float,
+    min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0 to the base lr, then a cosine decay to ``min_lr_ratio`` x base."""
-    warmup_steps = max(0, int(warmup_steps))
-    total_steps = max(warmup_steps + 1, int(total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """Linear warm-up from 0 to the base lr, then a cosine decay to ``min_lr_ratio`` x base
+    (``total_steps`` may be ``inf`` for a time-limited run: see :class:`CosineFactor`)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, CosineFactor(warmup_steps, total_steps, min_lr_ratio))
 
 
 def build_scheduler(
@@ -98,8 +125,12 @@ def build_scheduler(
     cfg: Mapping[str, Any] | None,
     total_steps: int | None = None,
     steps_per_epoch: int | None = None,
+    time_limited: bool = False,
 ) -> dict[str, Any] | None:
-    """A Lightning ``lr_scheduler`` config dict, or None for a constant lr."""
+    """A Lightning ``lr_scheduler`` config dict, or None for a constant lr.
+
+    ``time_limited``: the run stops by ``trainer.max_time``; a cosine then needs no step
+    count (the trainer module re-estimates it every epoch from the pace of the run)."""
     if not cfg:
         return None
     name = str(cfg.get("name", "none")).lower()
@@ -123,11 +154,13 @@ def build_scheduler(
             warmup = int(float(cfg.get("warmup_epochs", 0) or 0) * int(steps_per_epoch or 0))
         total = cfg.get("total_steps") or total_steps
         if total is None or not math.isfinite(float(total)):
-            raise ValueError(
-                "training.scheduler.name=cosine needs a finite number of steps: set "
-                "trainer.max_epochs or training.scheduler.total_steps"
-            )
-        sched = cosine_with_warmup(optimizer, int(warmup), int(total),
+            if not time_limited:
+                raise ValueError(
+                    "training.scheduler.name=cosine needs a finite number of steps: set "
+                    "trainer.max_epochs, trainer.max_time or training.scheduler.total_steps"
+                )
+            total = math.inf  # follows the time budget (CosineFactor.follow)
+        sched = cosine_with_warmup(optimizer, int(warmup), float(total),
                                    float(cfg.get("min_lr_ratio", 0.0)))
         return {"scheduler": sched, "interval": "step", "frequency": 1}
     raise ValueError(
