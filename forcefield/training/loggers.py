@@ -22,6 +22,7 @@ forcefield's own (checkpoints, progress bar, interrupt handling).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,11 @@ def _instantiate(group: str, name: str, entry: dict) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    if _target_class(entry["_target_"]) == "MLFlowLogger" and str(
+            entry.get("tracking_uri") or "").startswith("file:"):
+        # the config asks for a local file store (no server, no database); MLflow >= 3
+        # refuses one unless this opt-out is set (it still reads and writes it)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     try:
         return instantiate(entry, _convert_="all")
     except InstantiationException as exc:
