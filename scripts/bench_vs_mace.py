@@ -15,6 +15,26 @@ mace-torch runs in its own environment (``scripts/setup_mace_env.sh`` creates
 
     python scripts/bench_vs_mace.py --epochs 3 --threads 1 [--test-limit 500]
         [--json bench_vs_mace.json] [--skip-mace] [--skip-ours]
+
+Equal wall time (``--wall-time MINUTES``): every code gets the same wall-clock budget for
+its fit (training + validation) on the same split, one after the other, and the table
+reports the epochs each completed and its test errors (full test sets by default):
+
+* forcefield's default run, exactly ``forcefield train`` (the default model, cosine
+  schedule and stage two following the time budget, float64) with
+  ``trainer.max_time`` set to the budget;
+* mace-torch's MACE in a common small setting (32 channels, L = 1, max_ell 3,
+  correlation 3, 2 interactions, float32);
+* mace-torch's MACE matched to our default model (channels, L, l_sh, correlation,
+  interactions, radial basis and MLP, readout, r_max, float64).
+
+Both MACE runs use the default run's training setting where mace-torch has it (batch 5,
+Adam amsgrad lr 0.01, EMA 0.99, weights energy 1 / forces 1000, stage two / SWA for the
+last 25 % with weights 1000 / 100 and lr 1e-3) and mace-torch's own ReduceLROnPlateau.
+mace-torch cannot stop by time, so a 1-epoch probe run measures its pace first and the
+real run gets the epochs that fit in the budget (reported: its actual fit time).
+
+    python scripts/bench_vs_mace.py --wall-time 9 --threads 2 --json equal_time.json
 """
 
 from __future__ import annotations
@@ -100,24 +120,16 @@ def errors(ref_e, pred_e, ref_f, pred_f) -> dict:
 
 
 # ---------------------------------------------------------------------------- ours
-def run_ours(work: Path, epochs: int, threads: int, test_limit: int | None) -> dict:
-    out = work / "forcefield_run"
-    args = [
-        sys.executable, "-m", "forcefield", "train", f"output_dir={out}",
-        f"seed={SETTING['seed']}", f"dtype={SETTING['dtype']}",
-        f"data.batch_size={SETTING['batch_size']}", "data.stats_cache=false",
-        f"training.optimizer.lr={SETTING['lr']}", "training.optimizer.amsgrad=true",
-        f"training.optimizer.weight_decay={SETTING['weight_decay']}",
-        f"training.ema.decay={SETTING['ema_decay']}",
-        f"training.loss.energy_weight={SETTING['energy_weight']}",
-        f"training.loss.forces_weight={SETTING['forces_weight']}",
-        "training.scheduler.name=plateau", "training.stage_two.enabled=false",
-        f"training.scheduler.factor={SETTING['plateau_factor']}",
-        f"training.scheduler.patience={SETTING['plateau_patience']}",
-        f"trainer.gradient_clip_val={SETTING['clip_grad']}",
-        f"trainer.max_epochs={epochs}", "trainer.max_time=null",
-        "trainer.enable_progress_bar=false",
-    ]
+def run_ours(work: Path, epochs: int | None, threads: int, test_limit: int | None,
+             wall_time_s: float | None = None) -> dict:
+    """Our run: the matched setting for ``epochs`` epochs, or (``wall_time_s``) exactly the
+    default ``forcefield train`` with its fit limited to that many seconds."""
+    out = work / ("forcefield_run" if wall_time_s is None else "forcefield_default_run")
+    if wall_time_s is not None:
+        args = [sys.executable, "-m", "forcefield", "train", f"output_dir={out}",
+                f"trainer.max_time={_dhms(wall_time_s)}", "trainer.enable_progress_bar=false"]
+    else:
+        args = _matched_ours_args(out, epochs)
     if test_limit is not None:
         args.append(f"data.test_limit={test_limit}")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -133,13 +145,41 @@ def run_ours(work: Path, epochs: int, threads: int, test_limit: int | None) -> d
         rows = list(csv.DictReader(handle))
     epoch_times = [float(r["epoch_time_s"]) for r in rows]
     test = json.loads((out / "metrics.json").read_text())["test"]
+    fit = re.search(r"fit time ([0-9.]+) min", proc.stdout)
     return {
         "epoch_time_s": statistics.median(epoch_times),
         "epoch_times_s": epoch_times,
+        "epochs": len(rows),
+        "fit_s": 60.0 * float(fit.group(1)) if fit else sum(epoch_times),
         "total_wall_s": wall,
         "test": {s: {k: test[s][k] for k in ("energy_rmse_meV", "forces_rmse_meV_A",
                                              "n_structures")} for s in test},
     }
+
+
+def _dhms(seconds: float) -> str:
+    """Lightning's max_time format, DD:HH:MM:SS."""
+    s = int(round(seconds))
+    return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _matched_ours_args(out: Path, epochs: int) -> list[str]:
+    return [
+        sys.executable, "-m", "forcefield", "train", f"output_dir={out}",
+        f"seed={SETTING['seed']}", f"dtype={SETTING['dtype']}",
+        f"data.batch_size={SETTING['batch_size']}", "data.stats_cache=false",
+        f"training.optimizer.lr={SETTING['lr']}", "training.optimizer.amsgrad=true",
+        f"training.optimizer.weight_decay={SETTING['weight_decay']}",
+        f"training.ema.decay={SETTING['ema_decay']}",
+        f"training.loss.energy_weight={SETTING['energy_weight']}",
+        f"training.loss.forces_weight={SETTING['forces_weight']}",
+        "training.scheduler.name=plateau", "training.stage_two.enabled=false",
+        f"training.scheduler.factor={SETTING['plateau_factor']}",
+        f"training.scheduler.patience={SETTING['plateau_patience']}",
+        f"trainer.gradient_clip_val={SETTING['clip_grad']}",
+        f"trainer.max_epochs={epochs}", "trainer.max_time=null",
+        "trainer.enable_progress_bar=false",
+    ]
 
 
 # ---------------------------------------------------------------------------- mace
@@ -156,13 +196,35 @@ def _mace_epoch_times(log_text: str) -> list[float]:
     return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
-def run_mace(work: Path, files: dict, epochs: int, threads: int) -> dict:
-    if not MACE_PY.is_file():
-        raise RuntimeError(f"{MACE_PY} is missing: run scripts/setup_mace_env.sh first")
+def matched_mace_spec(dtype: str) -> dict:
+    """mace-torch hyperparameters equal to our default model's (gaunt_mace_small)."""
     hp = model_hyperparameters()
     c, lmax = hp["channels"], hp["lmax"]
-    hidden = "+".join(f"{c}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
-    mace_dir = work / "mace_run"
+    return {"hidden_irreps": "+".join(f"{c}x{l}{'e' if l % 2 == 0 else 'o'}"
+                                      for l in range(lmax + 1)),
+            "max_ell": hp["lmax_sh"], "correlation": hp["correlation"],
+            "num_interactions": hp["num_interactions"], "r_max": hp["r_max"],
+            "num_radial": hp["num_radial"], "radial_mlp": list(hp["radial_mlp"]),
+            "readout": hp["readout_mlp"], "dtype": dtype}
+
+
+# a common small MACE: 32 channels, L = 1, max_ell 3, correlation 3, 2 interactions;
+# r_max, radial basis, radial MLP and readout are mace-torch's defaults
+MACE_SMALL = {"hidden_irreps": "32x0e+32x1o", "max_ell": 3, "correlation": 3,
+              "num_interactions": 2, "r_max": 5.0, "num_radial": 8,
+              "radial_mlp": [64, 64, 64], "readout": 16, "dtype": "float32"}
+
+
+def run_mace(work: Path, files: dict, epochs: int, threads: int, spec: dict | None = None,
+             tag: str = "mace_run", swa_start: int | None = None,
+             evaluate: bool = True) -> dict:
+    """Train mace-torch's MACE (``spec``: hyperparameters, default the matched ones in
+    SETTING's dtype) for ``epochs`` epochs; with ``swa_start``, stage two (SWA) from that
+    epoch with our stage-two weights and lr; then evaluate the test splits."""
+    if not MACE_PY.is_file():
+        raise RuntimeError(f"{MACE_PY} is missing: run scripts/setup_mace_env.sh first")
+    spec = spec or matched_mace_spec(SETTING["dtype"])
+    mace_dir = work / tag
     mace_dir.mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
@@ -173,11 +235,11 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int) -> dict:
         "--energy_key", "REF_energy", "--forces_key", "REF_forces",
         "--E0s", json.dumps({str(k): v for k, v in files["e0s"].items()}).replace('"', ""),
         "--model", "ScaleShiftMACE", "--scaling", "rms_forces_scaling",
-        "--hidden_irreps", hidden, "--max_ell", str(hp["lmax_sh"]),
-        "--correlation", str(hp["correlation"]), "--num_interactions",
-        str(hp["num_interactions"]), "--r_max", str(hp["r_max"]),
-        "--num_radial_basis", str(hp["num_radial"]),
-        "--radial_MLP", json.dumps(hp["radial_mlp"]), "--MLP_irreps", f"{hp['readout_mlp']}x0e",
+        "--hidden_irreps", spec["hidden_irreps"], "--max_ell", str(spec["max_ell"]),
+        "--correlation", str(spec["correlation"]), "--num_interactions",
+        str(spec["num_interactions"]), "--r_max", str(spec["r_max"]),
+        "--num_radial_basis", str(spec["num_radial"]),
+        "--radial_MLP", json.dumps(spec["radial_mlp"]), "--MLP_irreps", f"{spec['readout']}x0e",
         "--loss", "weighted", "--energy_weight", str(SETTING["energy_weight"]),
         "--forces_weight", str(SETTING["forces_weight"]),
         "--batch_size", str(SETTING["batch_size"]), "--valid_batch_size", "20",
@@ -187,8 +249,11 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int) -> dict:
         "--scheduler_patience", str(SETTING["plateau_patience"]),
         "--clip_grad", str(SETTING["clip_grad"]),
         "--max_num_epochs", str(epochs), "--eval_interval", "1", "--patience", "1000",
-        "--default_dtype", SETTING["dtype"], "--device", "cpu", "--num_workers", "0",
+        "--default_dtype", spec["dtype"], "--device", "cpu", "--num_workers", "0",
     ]
+    if swa_start is not None:
+        args += ["--swa", "--start_swa", str(swa_start), "--swa_energy_weight", "1000",
+                 "--swa_forces_weight", "100", "--swa_lr", "0.001"]
     t0 = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=mace_dir)
     wall = time.perf_counter() - t0
@@ -200,6 +265,16 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int) -> dict:
     model = next(iter(sorted(mace_dir.glob("mace_bench*.model"))), None)
     if model is None:
         raise RuntimeError(f"mace_run_train wrote no model in {mace_dir}")
+    result = {
+        "epoch_time_s": statistics.median(epoch_times) if epoch_times else wall / epochs,
+        "epoch_times_s": epoch_times,
+        "epochs": epochs,
+        "fit_s": sum(epoch_times),
+        "total_wall_s": wall,
+        "spec": spec,
+    }
+    if not evaluate:
+        return result
     test = {}
     from ase.io import read
 
@@ -208,7 +283,7 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int) -> dict:
         ev = subprocess.run(
             [str(MACE_PY), "-m", "mace.cli.eval_configs", "--configs",
              str(files[f"test_{split}"]), "--model", str(model), "--output", str(pred_file),
-             "--device", "cpu", "--default_dtype", SETTING["dtype"], "--batch_size", "20"],
+             "--device", "cpu", "--default_dtype", spec["dtype"], "--batch_size", "20"],
             capture_output=True, text=True, env=env, cwd=mace_dir)
         if ev.returncode != 0:
             raise RuntimeError(f"mace_eval_configs failed:\n{ev.stderr[-3000:]}")
@@ -218,12 +293,24 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int) -> dict:
                              [a.info["MACE_energy"] for a in preds],
                              [a.arrays["REF_forces"] for a in refs],
                              [a.arrays["MACE_forces"] for a in preds])
-    return {
-        "epoch_time_s": statistics.median(epoch_times) if epoch_times else wall / epochs,
-        "epoch_times_s": epoch_times,
-        "total_wall_s": wall,
-        "test": test,
-    }
+    result["test"] = test
+    result["total_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def run_mace_for(work: Path, files: dict, budget_s: float, threads: int, spec: dict,
+                 tag: str) -> dict:
+    """mace-torch within a wall-clock budget: a 1-epoch probe measures the pace (its first
+    epoch, the slowest), then the real run trains the epochs that fit, with SWA for the last
+    25 % as our stage two."""
+    probe = run_mace(work, files, 1, threads, spec, tag=f"{tag}_probe", evaluate=False)
+    pace = max(probe["epoch_times_s"] or [probe["total_wall_s"]])
+    epochs = max(1, int(budget_s // pace))
+    print(f"  {tag}: {pace:.1f} s per epoch in the probe -> {epochs} epochs", flush=True)
+    result = run_mace(work, files, epochs, threads, spec, tag=tag,
+                      swa_start=max(1, int(round(0.75 * epochs))))
+    result["probe_epoch_s"] = pace
+    return result
 
 
 def table(results: dict) -> str:
@@ -239,9 +326,26 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def equal_time_table(results: dict, budget_s: float) -> str:
+    lines = [f"fit budget {budget_s / 60:.1f} min each",
+             "| model | epochs | fit (min) | total with test (min) | 300K E RMSE (meV) | "
+             "300K F RMSE (meV/A) | 600K E RMSE (meV) | 600K F RMSE (meV/A) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        t = r["test"]
+        lines.append(
+            f"| {name} | {r['epochs']} | {r['fit_s'] / 60:.1f} | {r['total_wall_s'] / 60:.1f} | "
+            f"{t['300K']['energy_rmse_meV']:.1f} | {t['300K']['forces_rmse_meV_A']:.1f} | "
+            f"{t['600K']['energy_rmse_meV']:.1f} | {t['600K']['forces_rmse_meV_A']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--wall-time", type=float, default=None, metavar="MINUTES",
+                        help="equal wall time: each code's fit gets this budget (the epochs "
+                             "mode's --epochs is then unused)")
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenMP/MKL threads of each code (default 1: on a shared 2-core "
                              "machine 2 threads are oversubscribed)")
@@ -256,22 +360,42 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     files = split_3bpa(work, args.test_limit)
     results = {}
-    if not args.skip_ours:
-        print(f"forcefield: training {args.epochs} epochs ...", flush=True)
-        results["forcefield GauntMACE (gaunt_mace_small)"] = run_ours(
-            work, args.epochs, args.threads, args.test_limit)
-    if not args.skip_mace:
-        print(f"mace-torch: training {args.epochs} epochs ...", flush=True)
-        results["mace-torch MACE (same hyperparameters)"] = run_mace(
-            work, files, args.epochs, args.threads)
-    report = {"setting": {**SETTING, "epochs": args.epochs, "threads": args.threads,
-                          "test_limit": args.test_limit, "model": model_hyperparameters()},
-              "results": results}
-    print(table(results))
-    if len(results) == 2:
-        ours, mace = results.values()
-        print(f"\nwall time per epoch, forcefield / mace-torch: "
-              f"{ours['epoch_time_s'] / mace['epoch_time_s']:.2f}x")
+    if args.wall_time is not None:
+        budget = 60.0 * args.wall_time
+        if not args.skip_ours:
+            print(f"forcefield: the default run, fit limited to {args.wall_time} min ...",
+                  flush=True)
+            results["forcefield default (gaunt_mace_small, float64)"] = run_ours(
+                work, None, args.threads, args.test_limit, wall_time_s=budget)
+        if not args.skip_mace:
+            print("mace-torch: small MACE (32x0e+32x1o, max_ell 3, float32) ...", flush=True)
+            results["mace-torch MACE 32x0e+32x1o, max_ell 3 (float32)"] = run_mace_for(
+                work, files, budget, args.threads, MACE_SMALL, "mace_small")
+            print("mace-torch: MACE matched to our default model (float64) ...", flush=True)
+            results["mace-torch MACE matched to ours (float64)"] = run_mace_for(
+                work, files, budget, args.threads, matched_mace_spec("float64"),
+                "mace_matched")
+        print(equal_time_table(results, budget))
+        report = {"setting": {**SETTING, "wall_time_min": args.wall_time,
+                              "threads": args.threads, "test_limit": args.test_limit},
+                  "results": results}
+    else:
+        if not args.skip_ours:
+            print(f"forcefield: training {args.epochs} epochs ...", flush=True)
+            results["forcefield GauntMACE (gaunt_mace_small)"] = run_ours(
+                work, args.epochs, args.threads, args.test_limit)
+        if not args.skip_mace:
+            print(f"mace-torch: training {args.epochs} epochs ...", flush=True)
+            results["mace-torch MACE (same hyperparameters)"] = run_mace(
+                work, files, args.epochs, args.threads)
+        report = {"setting": {**SETTING, "epochs": args.epochs, "threads": args.threads,
+                              "test_limit": args.test_limit, "model": model_hyperparameters()},
+                  "results": results}
+        print(table(results))
+        if len(results) == 2:
+            ours, mace = results.values()
+            print(f"\nwall time per epoch, forcefield / mace-torch: "
+                  f"{ours['epoch_time_s'] / mace['epoch_time_s']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(f"work directory: {work}")
