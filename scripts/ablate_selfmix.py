@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="read the metrics of runs already in --workdir instead of rerunning")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.workdir = args.workdir.resolve()  # the runs work in ROOT, the user maybe elsewhere
     args.workdir.mkdir(parents=True, exist_ok=True)
     defaults = {"3bpa": dict(train_size=30, valid_size=6, test_size=40, epochs=6, batch_size=2),
                 "emt": dict(train_size=120, valid_size=12, test_size=60, epochs=8, batch_size=4)}

@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-mace", action="store_true")
     parser.add_argument("--skip-ours", action="store_true")
     args = parser.parse_args(argv)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_vs_mace_"))
+    # absolute: each code runs with its own working directory
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench_vs_mace_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     files = split_3bpa(work, args.test_limit)
     results = {}
