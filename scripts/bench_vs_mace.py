@@ -262,9 +262,7 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int, spec: dict | No
     logs = sorted((mace_dir / "logs").glob("*.log"))
     log_text = logs[-1].read_text() if logs else proc.stdout + proc.stderr
     epoch_times = _mace_epoch_times(log_text)
-    model = next(iter(sorted(mace_dir.glob("mace_bench*.model"))), None)
-    if model is None:
-        raise RuntimeError(f"mace_run_train wrote no model in {mace_dir}")
+    model = final_mace_model(mace_dir)
     result = {
         "epoch_time_s": statistics.median(epoch_times) if epoch_times else wall / epochs,
         "epoch_times_s": epoch_times,
@@ -275,6 +273,13 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int, spec: dict | No
     }
     if not evaluate:
         return result
+    result["test"] = evaluate_mace(mace_dir, model, files, spec["dtype"], env)
+    result["total_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def evaluate_mace(mace_dir: Path, model: Path, files: dict, dtype: str, env: dict) -> dict:
+    """Test errors of a mace-torch model on the 300K and 600K splits (mace_eval_configs)."""
     test = {}
     from ase.io import read
 
@@ -283,7 +288,7 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int, spec: dict | No
         ev = subprocess.run(
             [str(MACE_PY), "-m", "mace.cli.eval_configs", "--configs",
              str(files[f"test_{split}"]), "--model", str(model), "--output", str(pred_file),
-             "--device", "cpu", "--default_dtype", spec["dtype"], "--batch_size", "20"],
+             "--device", "cpu", "--default_dtype", dtype, "--batch_size", "20"],
             capture_output=True, text=True, env=env, cwd=mace_dir)
         if ev.returncode != 0:
             raise RuntimeError(f"mace_eval_configs failed:\n{ev.stderr[-3000:]}")
@@ -293,9 +298,16 @@ def run_mace(work: Path, files: dict, epochs: int, threads: int, spec: dict | No
                              [a.info["MACE_energy"] for a in preds],
                              [a.arrays["REF_forces"] for a in refs],
                              [a.arrays["MACE_forces"] for a in preds])
-    result["test"] = test
-    result["total_wall_s"] = time.perf_counter() - t0
-    return result
+    return test
+
+
+def final_mace_model(mace_dir: Path) -> Path:
+    """The model mace-torch ends with: the stage-two (SWA) model when there was a stage two
+    (``mace_bench.model`` is then the stage-one best), else the only one."""
+    for name in ("mace_bench_stagetwo.model", "mace_bench.model"):
+        if (mace_dir / name).is_file():
+            return mace_dir / name
+    raise RuntimeError(f"mace_run_train wrote no model in {mace_dir}")
 
 
 def run_mace_for(work: Path, files: dict, budget_s: float, threads: int, spec: dict,
