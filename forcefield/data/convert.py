@@ -109,6 +109,12 @@ def convert(inputs: Sequence[str], output: str | os.PathLike, *, task: str = "s2
     if suffix not in ("", ".db", ".aselmdb"):
         raise DataError(f"output '{output}' must be a directory (a name without a suffix) "
                         "for sharded .aselmdb, or end in .db or .aselmdb.")
+    from forcefield.data.readers import expand_sources
+    from forcefield.data.rows import TASK_KEYS
+
+    if task not in TASK_KEYS:
+        raise DataError(f"unknown task {task!r}; choose 's2ef' or 'is2re'.")
+    inputs = [str(p) for p in expand_sources(list(inputs))]  # a missing source, before writing
     keys = {k: v for k, v in (("energy", energy_key), ("forces", forces_key)) if v}
     if suffix:
         return convert_database(inputs, output, task=task, lmdb_keys=keys or None,
