@@ -259,7 +259,8 @@ def help_text(command: Command, cl: CommandLine) -> str:
               "  -cp DIR, -cn NAME  compose NAME.yaml of DIR (the packaged configs stay on the",
               "                     search path)"]
     if command.multirun is not None:
-        lines += ["  -m                 a sweep: key=a,b ... (one run per job)"]
+        lines += ["  -m                 a sweep: key=a,b ... (one run per job); Hydra sweeper and",
+                  "                     launcher plugins: hydra/sweeper=..., hydra/launcher=..."]
     lines.append("  -h, --help         this help")
     return "\n".join(lines)
 

@@ -40,6 +40,7 @@ from forcefield.training.loaders import (
 TRAIN_KEYS = ("data", "model", "trainer", "experiment", "seed", "dtype", "output_dir",
               "ckpt_path", "training", "test", "export")
 TRAIN_KEYS += ("logger", "callbacks", "init_from", "finetune")  # loggers.py, finetune.py
+TRAIN_KEYS += ("sweep",)  # read by the command layer's Hydra sweeps (forcefield.cli.sweep)
 TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema", "stage_two")
 
 
@@ -53,6 +54,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_missing(cfg)
     if "training" in cfg:
         check_keys(cfg.training, TRAINING_KEYS, "training")
+    if cfg.get("sweep") is not None:
+        check_keys(cfg.sweep, ("objective",), "sweep")
     check_dtype(cfg.dtype)
     from forcefield.models import architecture_of, config_keys
 
