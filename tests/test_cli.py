@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from forcefield.cli.command import Command, run_command
 from forcefield.cli.compose import CONFIG_DIR, compose_config, parse_argv, quote
@@ -216,3 +217,19 @@ def test_removing_a_key_the_command_needs_is_named(capsys):
     assert forcefield(["md", "model=m.pt", "structure=s.xyz", "~seed"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "seed" in line and "~seed" in line
+
+
+def test_resuming_a_run_saved_before_newer_keys_composes(tmp_path, capsys):
+    """A run directory's config.yaml written before a key existed (here sweep, logger) still
+    resumes: only keys the user removes with ~key are refused, not keys an old file lacks."""
+    run = tmp_path / "old"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    saved = OmegaConf.to_container(compose_config("train", [f"output_dir={run}"]), resolve=True)
+    del saved["sweep"], saved["logger"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert forcefield(["train", "--cfg", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                       "trainer.max_epochs=3"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert "sweep" not in cfg and cfg["trainer"]["max_epochs"] == 3
+    assert cfg["ckpt_path"].endswith("last.ckpt")

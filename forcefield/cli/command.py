@@ -130,6 +130,11 @@ def compose_command(command: Command, cl: CommandLine) -> DictConfig:
         with open_dict(cfg):
             cfg.update(paths)
     base = compose_config(cl.config_name, [], cl.config_dir)
+    removed = [key for key in map(override_key, cl.overrides)
+               if key in base.keys() and key not in cfg.keys()]
+    if removed:
+        raise ConfigError(f"{removed[0]} cannot be removed (~{removed[0]}): forcefield "
+                          f"{command.name} reads it; set a value instead ({removed[0]}=...)")
     check_top_level(cfg, base, command.name)
     return cfg
 
@@ -147,17 +152,12 @@ def _kind(default: Any) -> tuple[type | tuple[type, ...], str] | None:
 
 def check_top_level(cfg: DictConfig, base: DictConfig, name: str) -> None:
     """Raise ConfigError for a top-level key the command's config does not have (added with
-    ``+key=``), one it needs that was removed (``~key``), or a value whose type differs from
-    the default's (``steps=ten``)."""
+    ``+key=``) or a value whose type differs from the default's (``steps=ten``)."""
     unknown = sorted(set(cfg.keys()) - set(base.keys()) - {"hydra"})
     if unknown:
         raise ConfigError(
             f"unknown config key(s) {', '.join(map(str, unknown))} for forcefield {name}; "
             f"its keys are {', '.join(map(str, base.keys()))} ('forcefield {name} --help')")
-    removed = [str(k) for k in base.keys() if k not in cfg.keys()]
-    if removed:
-        raise ConfigError(f"{removed[0]} cannot be removed (~{removed[0]}): forcefield {name} "
-                          f"reads it; set a value instead ({removed[0]}=...)")
     for key in cfg.keys():
         if key not in base or OmegaConf.is_missing(base, key) or OmegaConf.is_missing(cfg, key):
             continue
