@@ -31,10 +31,11 @@ from ase.data import chemical_symbols
 
 from forcefield.data.errors import DataError
 from forcefield.data.neighbours import check_cell
+from forcefield.errors import ForceFieldError
 from forcefield.export import load_model, resolve_dtype
 
 
-class CalculatorError(ValueError):
+class CalculatorError(ForceFieldError):
     """A structure the calculator cannot evaluate (empty, unknown element, bad cell)."""
 
 

@@ -377,10 +377,35 @@ def model_info(path: str | os.PathLike) -> dict:
     }
 
 
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
+                      dtype: str | None = None, ema: bool = True) -> Path:
+    """``forcefield export``'s work: write the model file ``output`` from a training
+    checkpoint (its EMA weights unless ``ema=False``; ``dtype`` None keeps the checkpoint's)."""
+    from forcefield.errors import ConfigError
+    from forcefield.model_files import module_from_checkpoint, read_checkpoint
+    from forcefield.training.config import check_dtype
+
+    src = Path(checkpoint)
+    check_dtype(dtype)
+    try:
+        raw = read_checkpoint(src)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"checkpoint={src}: {exc}") from exc
+    module = module_from_checkpoint(raw, src)
+    net = module.eval_model() if ema else module.model
+    if dtype:
+        net = net.to(resolve_dtype(dtype))
+    dest = Path(output)
+    save_model(dest, net, metadata={"source_checkpoint": str(src.resolve()),
+                                    "epoch": raw.get("epoch"), "ema": bool(ema)})
+    return dest
+
+
 __all__ = [
     "FORMAT_VERSION",
     "ModelFileError",
     "check_checkpoint_file",
+    "export_checkpoint",
     "file_kind",
     "is_lightning_checkpoint",
     "is_model_file",

@@ -28,12 +28,17 @@ import numpy as np
 from ase import Atoms, units
 
 from forcefield.atomic_io import atomic_write_json
+from forcefield.errors import ForceFieldError, RunError
 
 ENSEMBLES = ("nve", "langevin")
 
 
-class MDError(ValueError):
+class MDError(ForceFieldError):
     """A bad MD setting (ensemble, timestep, ...) or a run that blew up."""
+
+
+class MDDivergedError(MDError, RunError):
+    """The dynamics started and then blew up (non-finite energy, drift above the limit)."""
 
 
 def _finite(x: float) -> float | None:
@@ -251,7 +256,7 @@ def run_md(
     }
     atomic_write_json(out / "md_summary.json", summary)
     if state["status"] == "diverged":
-        raise MDError(
+        raise MDDivergedError(
             f"MD diverged after {done} steps (non-finite energy or drift above "
             f"{max_drift_meV_per_atom} meV/atom); try a smaller timestep_fs, float64, "
             f"or check the structure; partial results are in {out}"
@@ -259,4 +264,4 @@ def run_md(
     return summary
 
 
-__all__ = ["ENSEMBLES", "MDError", "run_md"]
+__all__ = ["ENSEMBLES", "MDDivergedError", "MDError", "run_md"]

@@ -18,6 +18,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forcefield.errors import ForceFieldError
+
 if TYPE_CHECKING:  # torch is imported when a file is read: the CLI's error handling
     import torch  # imports this module before it needs torch
 
@@ -27,15 +29,24 @@ EXPECTED_CHECKPOINT = ("a training checkpoint written by 'forcefield train' "
                        "(<run>/checkpoints/*.ckpt)")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(ForceFieldError):
     """A file that is not a usable forcefield model file or checkpoint."""
+
+
+class MissingModelFileError(ModelFileError, FileNotFoundError):
+    """No file at the model path given (still a ``FileNotFoundError`` for callers)."""
+
+
+class ModelPathIsADirectoryError(ModelFileError, IsADirectoryError):
+    """A directory where a model file was expected (still an ``IsADirectoryError``)."""
 
 
 def _check_exists(path: Path, what: str) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
+        raise MissingModelFileError(f"{what} file {path} does not exist")
     if path.is_dir():
-        raise IsADirectoryError(f"{what} path {path} is a directory; pass the file inside it")
+        raise ModelPathIsADirectoryError(
+            f"{what} path {path} is a directory; pass the file inside it")
 
 
 def _check_zip(path: Path, expected: str) -> None:

@@ -37,13 +37,14 @@ import numpy as np
 from ase import Atoms
 
 from forcefield.atomic_io import atomic_path, atomic_write_json
+from forcefield.errors import ForceFieldError
 
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 EWT_THRESHOLD_EV = 0.02
 """OC20's energy-within-threshold: |E_pred - E_ref| < 0.02 eV."""
 
 
-class RelaxError(ValueError):
+class RelaxError(ForceFieldError):
     """A bad relaxation setting or a structure that cannot be relaxed as asked."""
 
 

@@ -31,7 +31,7 @@ def test_regular_install_runs_outside_the_repository(repo_root, tmp_path):
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
     probe = subprocess.run(
-        [sys.executable, "-c", "import forcefield.training.config as c; print(c.CONFIG_DIR)"],
+        [sys.executable, "-c", "import forcefield.cli.compose as c; print(c.CONFIG_DIR)"],
         capture_output=True, text=True, env=env, cwd=work, check=True,
     )
     assert probe.stdout.strip() == str(site / "forcefield" / "conf")

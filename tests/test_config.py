@@ -8,14 +8,9 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from forcefield.training.commands import compose_train
-from forcefield.training.config import (
-    CONFIG_DIR,
-    ConfigError,
-    compose_config,
-    parse_argv,
-    pop_override,
-)
+from forcefield.cli.compose import CONFIG_DIR, compose_config, parse_argv, pop_override
+from forcefield.cli.train import compose_train
+from forcefield.errors import ConfigError
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
@@ -73,7 +68,7 @@ def test_model_configs_mirror_presets_and_build(name):
 
 @pytest.mark.parametrize("name", GROUP_OPTIONS["trainer"])
 def test_trainer_configs_instantiate(name, tmp_path):
-    from forcefield.training.run import build_trainer, validate_train_config
+    from forcefield.training.train import build_trainer, validate_train_config
 
     cfg = compose_config("train", [f"trainer={name}"])
     validate_train_config(cfg)
@@ -90,7 +85,7 @@ def test_trainer_configs_instantiate(name, tmp_path):
 
 @pytest.mark.parametrize("name", GROUP_OPTIONS["data"])
 def test_data_configs_instantiate(name, repo_data):
-    from forcefield.training.run import instantiate_datamodule
+    from forcefield.training.loaders import instantiate_datamodule
 
     overrides = [f"data={name}"]
     if name == "ase":
@@ -103,7 +98,7 @@ def test_data_configs_instantiate(name, repo_data):
 
 @pytest.mark.parametrize("name", GROUP_OPTIONS["experiment"])
 def test_experiments_compose(name):
-    from forcefield.training.run import validate_train_config
+    from forcefield.training.train import validate_train_config
 
     cfg = compose_config("train", [f"experiment={name}"])
     validate_train_config(cfg)
@@ -151,7 +146,7 @@ def test_unknown_key_is_named():
 
 
 def test_added_unknown_keys_fail_validation():
-    from forcefield.training.run import validate_train_config
+    from forcefield.training.train import validate_train_config
 
     cfg = compose_config("train", ["+model.chanels=64"])
     with pytest.raises(ConfigError, match="model.chanels"):
@@ -171,7 +166,7 @@ def test_added_unknown_keys_fail_validation():
 
 
 def test_missing_data_path_is_named(tmp_path):
-    from forcefield.training.run import instantiate_datamodule, setup_data
+    from forcefield.training.loaders import instantiate_datamodule, setup_data
 
     cfg = compose_config("train", ["data=ase", f"data.train={tmp_path}/missing.xyz"])
     with pytest.raises(ConfigError, match="missing.xyz"):

@@ -446,7 +446,7 @@ def test_bf16_autocast_trains(forces):
 def test_oc20_recipe_exempts_norms_biases_and_embeddings_from_weight_decay():
     from omegaconf import OmegaConf
 
-    from forcefield.training.config import compose_config
+    from forcefield.cli.compose import compose_config
     from forcefield.training.optim import parameter_groups
 
     cfg = compose_config("train", ["experiment=oc20_s2ef_eqv2"])

@@ -239,8 +239,8 @@ def test_exported_model_predicts_what_the_checkpoint_does(tmp_path, repo_data):
     from torch_geometric.loader import DataLoader
 
     from forcefield.data import AtomicData
+    from forcefield.export import export_checkpoint
     from forcefield.training.module import ForceFieldModule
-    from forcefield.training.run import export
 
     frames = read(repo_data / "3bpa" / "train_300K.xyz", ":4")
     graphs = [AtomicData.from_ase(a, TINY["r_max"]) for a in frames]
@@ -255,7 +255,7 @@ def test_exported_model_predicts_what_the_checkpoint_does(tmp_path, repo_data):
     trainer.save_checkpoint(ckpt)
     assert file_kind(ckpt) == "checkpoint"
 
-    exported = load_model(export(str(ckpt), str(tmp_path / "model.pt")))
+    exported = load_model(export_checkpoint(str(ckpt), str(tmp_path / "model.pt")))
     reference = ForceFieldModule.from_checkpoint_file(ckpt).eval_model().eval()
     live = ForceFieldModule.from_checkpoint_file(ckpt).model.eval()
     for atoms in frames[:2]:

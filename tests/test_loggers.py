@@ -191,7 +191,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 @pytest.mark.parametrize("group, name", [(g, p.stem) for g in ("logger", "callbacks")
                                          for p in sorted((CONF / g).glob("*.yaml"))])
 def test_every_logger_and_callback_config_instantiates(group, name, tmp_path):
-    from forcefield.training.config import compose_config
+    from forcefield.cli.compose import compose_config
     from forcefield.training.loggers import OPTIONAL, build_callbacks, build_loggers
 
     cfg = compose_config("train", [f"{group}={name}", f"output_dir={tmp_path}"])

@@ -122,8 +122,8 @@ def test_cli_md(model_path, structure, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "no model given"),
-        (["model={model}"], "no structure given"),
+        ([], "missing model="),
+        (["model={model}"], "missing structure="),
         (["model={tmp}/missing.pt", "structure={structure}"], "model file .*missing.pt does not"),
         (["model={model}", "structure={tmp}/none.xyz"], "structure file .*none.xyz does not"),
         (["model={model}", "structure={tmp}/junk.xyz"], "cannot read a structure from"),
@@ -133,7 +133,8 @@ def test_cli_md(model_path, structure, tmp_path, capsys):
         (["model={model}", "structure={oc20}"], r"not trained on .*Cu \(Z=29\)"),
         (["model={model}", "structure={structure}", "ensemble=npt"], "unknown ensemble"),
         (["model={model}", "structure={structure}", "steps=ten"], "steps must be an integer"),
-        (["model={model}", "structure={structure}", "tempreature_K=3"], "unknown key"),
+        (["model={model}", "structure={structure}", "tempreature_K=3"],
+         "unknown config key 'tempreature_K'"),
         (["model={model}", "structure={structure}", "steps"], "key=value"),
     ],
 )

@@ -12,8 +12,9 @@ import torch
 from ase import Atoms
 from test_equiformer import make_eqv2
 
+from forcefield.cli.compose import compose_config
+from forcefield.errors import ConfigError
 from forcefield.models import MODELS, GauntEquiformerV2, GauntMACE, build_model, model_class
-from forcefield.training.config import ConfigError, compose_config
 
 LEGACY = Path(__file__).parent / "data"
 
@@ -51,8 +52,9 @@ def test_legacy_gaunt_mace_model_file_loads_and_predicts_the_same():
 
 
 def test_legacy_gaunt_mace_checkpoint_loads_exports_and_predicts_the_same(tmp_path):
+    from forcefield.evaluate import load_any_model
+    from forcefield.export import export_checkpoint
     from forcefield.training.module import ForceFieldModule, load_checkpoint
-    from forcefield.training.run import export, load_any_model
 
     raw = load_checkpoint(LEGACY / "legacy_gaunt_mace.ckpt")
     assert "model_class" not in raw["hyper_parameters"]
@@ -61,16 +63,16 @@ def test_legacy_gaunt_mace_checkpoint_loads_exports_and_predicts_the_same(tmp_pa
     assert module.hparams["model_class"] == "GauntMACE"  # recorded from now on
     net, info = load_any_model(LEGACY / "legacy_gaunt_mace.ckpt")
     assert info["kind"] == "checkpoint"
-    dest = export(str(LEGACY / "legacy_gaunt_mace.ckpt"), str(tmp_path / "model.pt"))
+    dest = export_checkpoint(str(LEGACY / "legacy_gaunt_mace.ckpt"), str(tmp_path / "model.pt"))
     assert_predicts_legacy(dest)
     assert_predicts_legacy(net)
 
 
 @pytest.mark.parametrize("forces", ["direct", "gradient"])
 def test_equiformer_checkpoint_and_model_file_round_trip(tmp_path, forces):
+    from forcefield.evaluate import load_any_model
     from forcefield.export import load_model, save_model
     from forcefield.training.module import ForceFieldModule
-    from forcefield.training.run import load_any_model
 
     model = make_eqv2(forces=forces)
     module = ForceFieldModule(model=model, training={"ema": {"enabled": False}},
@@ -103,7 +105,7 @@ def test_equiformer_checkpoint_and_model_file_round_trip(tmp_path, forces):
     ],
 )
 def test_unknown_keys_are_rejected_per_architecture(overrides, message):
-    from forcefield.training.run import validate_train_config
+    from forcefield.training.train import validate_train_config
 
     cfg = compose_config("train", overrides)
     with pytest.raises(ConfigError, match=message):

@@ -1,14 +1,34 @@
-"""``forcefield export``: see ``forcefield export --help`` (logic in forcefield.training)."""
+"""``forcefield export``: conf/export.yaml -> :func:`forcefield.export.export_checkpoint`."""
 
 from __future__ import annotations
 
-from forcefield.training.commands import export_main
+from omegaconf import DictConfig
+
+from forcefield.cli.command import Command
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``forcefield export`` with Hydra-style overrides; return the exit code."""
-    return export_main(argv)
+def run(cfg: DictConfig) -> int:
+    """Write the model file ``cfg.output`` from the checkpoint ``cfg.checkpoint``."""
+    from forcefield.export import export_checkpoint
 
+    dest = export_checkpoint(str(cfg.checkpoint), str(cfg.output), cfg.dtype, bool(cfg.ema))
+    print(f"forcefield export: wrote {dest}")
+    return 0
+
+
+COMMAND = Command(
+    name="export",
+    usage="checkpoint=PATH output=PATH [dtype=float64] [ema=true]",
+    description="""\
+Turn a training checkpoint into a deployable model file (EMA weights by default), the file
+that evaluate, md, relax and ForceFieldCalculator read.""",
+    run=run,
+    examples=("forcefield export checkpoint=runs/x/checkpoints/best.ckpt output=model.pt",
+              "forcefield export checkpoint=runs/x/checkpoints/last.ckpt output=m32.pt "
+              "dtype=float32"),
+)
+
+main = COMMAND.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

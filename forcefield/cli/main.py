@@ -1,7 +1,9 @@
 """The ``forcefield`` program: dispatch ``forcefield <subcommand> [overrides]``.
 
-Each subcommand lives in its own module with a ``main(argv: list[str]) -> int``;
-modules are imported only when their subcommand runs, so ``--help`` is instant.
+Each subcommand is one module of ``forcefield.cli`` holding a
+:class:`~forcefield.cli.command.Command` (its config is ``conf/<subcommand>.yaml``) and
+``main(argv: list[str]) -> int``; modules are imported only when their subcommand runs, so
+``forcefield --help`` is instant.
 """
 
 from __future__ import annotations

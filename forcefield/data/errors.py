@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from forcefield.errors import ForceFieldError
 
-class DataError(ValueError):
+
+class DataError(ForceFieldError):
     """A bad data file, key, label or split.
 
     The message is one sentence that names the file / frame / key and says how to fix it.

@@ -48,8 +48,8 @@ class ShardedAseLmdbWriter:
         if int(shard_size) < 1:
             raise DataError(f"shard_size must be at least 1, got {shard_size!r}.")
         if self.directory.exists() and not overwrite:
-            raise DataError(f"output '{self.directory}' exists; pass --overwrite or choose "
-                            "another directory.")
+            raise DataError(f"output '{self.directory}' exists; pass overwrite=true "
+                            "(--overwrite) or choose another directory.")
         self.shard_size = int(shard_size)
         self.prefix = prefix
         self.overwrite = overwrite

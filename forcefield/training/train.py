@@ -1,179 +1,62 @@
-"""The three applications behind ``forcefield train``, ``evaluate`` and ``export``.
+"""``forcefield train``'s work: fit a potential, test the best checkpoint, write the run
+directory (config.yaml, checkpoints/{best,last}.ckpt, metrics.csv, metrics.json, parity
+plots, model.pt).
 
-Each takes a composed config and returns a process exit code; user errors are raised as
-:class:`~forcefield.training.config.ConfigError` (printed by the CLI in one sentence).
+:func:`train` takes a composed config (:mod:`forcefield.cli.train` composes it from
+conf/train.yaml) and returns a process exit code; user errors are raised as
+:class:`~forcefield.errors.ConfigError` and printed by the command layer in one sentence.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from forcefield.training.config import ConfigError, check_keys, check_missing, to_container
-from forcefield.training.io import atomic_write_json
+from forcefield.training.config import (
+    ConfigError,
+    check_dtype,
+    check_keys,
+    check_missing,
+    to_container,
+)
+from forcefield.training.io import atomic_write_json, jsonable
+from forcefield.training.loaders import (
+    as_list,
+    check_species,
+    instantiate_datamodule,
+    is_oc20,
+    rebuild_loader,
+    setup_data,
+    test_loaders_or_empty,
+)
 
 TRAIN_KEYS = ("data", "model", "trainer", "experiment", "seed", "dtype", "output_dir",
               "ckpt_path", "training", "test", "export")
 TRAIN_KEYS += ("logger", "callbacks", "init_from", "finetune")  # loggers.py, finetune.py
+TRAIN_KEYS += ("sweep",)  # read by the command layer's Hydra sweeps (forcefield.cli.sweep)
 TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema", "stage_two")
-DTYPES = ("float32", "float64")
 
 
 def _echo(msg: str = "", err: bool = False) -> None:
     print(msg, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _rank() -> int:
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(key):
-            try:
-                return int(os.environ[key])
-            except ValueError:
-                pass
-    return 0
-
-
-# --------------------------------------------------------------------------- data
-def is_oc20(data_cfg: Mapping[str, Any]) -> bool:
-    target = str(data_cfg.get("_target_", ""))
-    return "OC20" in target or "task" in data_cfg
-
-
-def instantiate_datamodule(data_cfg: DictConfig, r_max: float, **extra: Any):
-    """Build the data config's LightningDataModule; its errors name the key or file."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    if "_target_" not in data_cfg:
-        raise ConfigError(
-            "the data config has no _target_ (choose data=3bpa, data=oc20 or data=ase)"
-        )
-    kwargs: dict[str, Any] = dict(extra)
-    if data_cfg.get("r_max", None) is None:
-        kwargs["r_max"] = float(r_max)
-    try:
-        return instantiate(data_cfg, **kwargs, _convert_="all")
-    except InstantiationException as exc:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, TypeError) and "argument" in str(cause):
-            raise ConfigError(f"data config: {cause}") from exc
-        if isinstance(cause, (FileNotFoundError, ValueError, KeyError, OSError)):
-            raise ConfigError(f"data: {cause}") from exc
-        raise
-
-
-def setup_data(dm, stage: str) -> None:
-    """``dm.setup(stage)`` with missing files / bad data turned into ConfigError."""
-    try:
-        dm.setup(stage)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"data: {exc}") from exc
-    except ValueError as exc:
-        if type(exc).__name__ in ("DataError", "ValueError"):
-            raise ConfigError(f"data: {exc}") from exc
-        raise
-
-
-def _as_list(loaders) -> list:
-    if loaders is None:
-        return []
-    if isinstance(loaders, (list, tuple)):
-        return list(loaders)
-    if isinstance(loaders, Mapping):
-        return list(loaders.values())
-    return [loaders]
-
-
-def rebuild_loader(loader, shuffle: bool, rank: int, world_size: int, seed: int,
-                   repeat: bool = True):
-    """The same DataLoader with a deterministic sampler for this rank.
-
-    Training: a seeded DistributedSampler (Lightning calls ``set_epoch``), so the data
-    order depends only on (seed, epoch) and a resumed run sees the same batches.
-    Evaluation: an un-repeated split over ranks, so DDP metrics equal one process's.
-    """
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from forcefield.data.sampler import BudgetBatchSampler
-
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    if isinstance(batch_sampler, BudgetBatchSampler):  # DDP-aware itself: tell it the rank
-        batch_sampler.set_distributed(world_size, rank)
-        return loader
-    if getattr(loader, "batch_size", None) is None:  # another custom batch sampler: keep it
-        return loader
-    if shuffle or repeat:
-        sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=rank,
-                                     shuffle=shuffle, seed=seed, drop_last=False)
-    else:
-        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-        sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=world_size,
-                                               rank=rank, shuffle=False)
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
-    )
-
-
-def test_loaders(dm) -> tuple[list[str], list]:
-    loaders = dm.test_dataloader()
-    if isinstance(loaders, Mapping):
-        names, loaders = list(loaders.keys()), list(loaders.values())
-    else:
-        loaders = _as_list(loaders)
-        names = list(getattr(dm, "test_split_names", None) or [])
-        if len(names) != len(loaders):
-            names = [f"test_{i}" for i in range(len(loaders))] if len(loaders) > 1 else ["test"]
-    return [str(n) for n in names], loaders
-
-
-# --------------------------------------------------------------------------- checks
-def check_species(names: Sequence[str], loaders: Sequence, species: Sequence[int],
-                  what: str) -> None:
-    """Every element of the ``what`` splits must be one the model handles; otherwise one
-    sentence naming the split, the element and the fix (not a traceback mid-epoch)."""
-    from ase.data import chemical_symbols
-
-    from forcefield.data.streaming import StreamingDataset
-
-    known = {int(z) for z in species}
-    for name, loader in zip(names, loaders, strict=True):
-        dataset = getattr(loader, "dataset", None)
-        if dataset is None or isinstance(dataset, StreamingDataset) or not len(dataset):
-            continue  # streamed splits are not read in advance
-        numbers = torch.cat([g.atomic_numbers for g in dataset])
-        unknown = sorted({int(z) for z in torch.unique(numbers).tolist()} - known)
-        if unknown:
-            elements = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            model = ", ".join(chemical_symbols[z] for z in sorted(known))
-            raise ConfigError(
-                f"{what} split {name!r}: element {elements} is not in the model's species "
-                f"[{model}] (taken from the training data); train on data that contains "
-                f"it or list it in model.species, or leave this split out")
-
-
 def validate_train_config(cfg: DictConfig) -> None:
+    """Check every key and value before anything is built, so a typo costs nothing."""
     check_keys(cfg, TRAIN_KEYS)
     check_missing(cfg)
     if "training" in cfg:
         check_keys(cfg.training, TRAINING_KEYS, "training")
-    if str(cfg.dtype) not in DTYPES:
-        raise ConfigError(f"dtype={cfg.dtype!r} is not supported; use float32 or float64")
+    if cfg.get("sweep") is not None:
+        check_keys(cfg.sweep, ("objective",), "sweep")
+    check_dtype(cfg.dtype)
     from forcefield.models import architecture_of, config_keys
 
     try:
@@ -212,11 +95,6 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(str(exc)) from exc
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    return torch.float64 if str(name) in ("float64", "double") else torch.float32
-
-
-# --------------------------------------------------------------------------- train
 class _AtomicCheckpointIO:
     """Mixin-free factory for the atomic CheckpointIO (imported lazily with Lightning)."""
 
@@ -240,6 +118,7 @@ class _AtomicCheckpointIO:
 
 
 def _callbacks(out: Path, has_val: bool):
+    """(best-checkpoint callback, interrupt handler, every built-in callback of a run)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
@@ -281,6 +160,7 @@ def _callbacks(out: Path, has_val: bool):
 
 def build_trainer(trainer_cfg: Mapping[str, Any], out: Path, callbacks: list,
                   loggers: list | None = None):
+    """The Lightning Trainer of ``trainer.*`` with the settings forcefield train fixes."""
     import lightning.pytorch as pl
 
     kwargs = dict(trainer_cfg)
@@ -327,6 +207,7 @@ def train(cfg: DictConfig) -> int:
     """``forcefield train``: fit, test the best checkpoint, write the run directory."""
     import lightning.pytorch as pl
 
+    from forcefield.export import resolve_dtype
     from forcefield.models import build_model
     from forcefield.training.module import ForceFieldModule, NonFiniteLossError
 
@@ -391,11 +272,11 @@ def train(cfg: DictConfig) -> int:
         if frozen:
             _echo(f"forcefield train: fine-tuning from {init_from} with {len(frozen)} frozen "
                   "parameter tensors")
-    model = model.to(_torch_dtype(dtype))
+    model = model.to(resolve_dtype(dtype))
     module = ForceFieldModule(model=model, training=training_cfg, dtype=dtype, oc20=oc20)
 
     train_loader = dm.train_dataloader()
-    val_loaders = _as_list(dm.val_dataloader()) if hasattr(dm, "val_dataloader") else []
+    val_loaders = as_list(dm.val_dataloader()) if hasattr(dm, "val_dataloader") else []
     check_species([f"valid_{i}" if i else "valid" for i in range(len(val_loaders))],
                   val_loaders, model.species, "validation")
     has_val = len(val_loaders) > 0
@@ -416,7 +297,7 @@ def train(cfg: DictConfig) -> int:
     if is_zero:
         out.mkdir(parents=True, exist_ok=True)
         resolved = OmegaConf.create(to_container(cfg))
-        resolved.model = OmegaConf.create(_jsonable(model.config))
+        resolved.model = OmegaConf.create(jsonable(model.config))
         from forcefield.training.config import save_yaml
 
         save_yaml(resolved, out / "config.yaml")
@@ -424,7 +305,7 @@ def train(cfg: DictConfig) -> int:
         if stats is not None and getattr(stats, "extra", None):
             _echo(f"statistics: {describe_statistics_source(stats)}")
         if stats is not None and hasattr(stats, "to_dict"):
-            atomic_write_json(out / "statistics.json", _jsonable(stats.to_dict()))
+            atomic_write_json(out / "statistics.json", jsonable(stats.to_dict()))
     t0 = time.perf_counter()
     try:
         trainer.fit(module, train_dataloaders=train_loader,
@@ -483,7 +364,7 @@ def train(cfg: DictConfig) -> int:
         "dtype": dtype,
         "data": str(cfg.data.get("_target_", "")),
     }
-    atomic_write_json(out / "metrics.json", _jsonable(summary))
+    atomic_write_json(out / "metrics.json", jsonable(summary))
     if module.test_predictions:
         from forcefield.training.plots import write_parity_plots
 
@@ -493,7 +374,7 @@ def train(cfg: DictConfig) -> int:
 
         save_model(out / "model.pt", module.eval_model(),
                    metadata={"source_checkpoint": str(best), "best_epoch": best_epoch,
-                             "test": _jsonable(results), "dtype": dtype})
+                             "test": jsonable(results), "dtype": dtype})
     if results:
         from forcefield.training.metrics import format_table
 
@@ -516,187 +397,3 @@ def describe_statistics_source(stats) -> str:
     if given and source != "config":
         text += f"; given in data.statistics: {', '.join(given)}"
     return text
-
-
-def test_loaders_or_empty(dm) -> tuple[list[str], list]:
-    try:
-        setup_data(dm, "test")
-    except ConfigError as exc:
-        _echo(f"forcefield: no test data ({exc}); skipping the test", err=True)
-        return [], []
-    if not hasattr(dm, "test_dataloader"):
-        return [], []
-    try:
-        return test_loaders(dm)
-    except (NotImplementedError, FileNotFoundError) as exc:
-        _echo(f"forcefield: no test data ({exc}); skipping the test", err=True)
-        return [], []
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-# --------------------------------------------------------------------------- export
-def load_any_model(path: str | os.PathLike, dtype: str | None = None):
-    """(network in eval mode, info dict) from a model.pt or a training checkpoint."""
-    from forcefield.model_files import load_network
-
-    try:
-        return load_network(path, dtype=dtype)
-    except (FileNotFoundError, IsADirectoryError) as exc:
-        raise ConfigError(f"model={path}: {exc} (give a model.pt or a .ckpt checkpoint)") from exc
-
-
-def export(checkpoint: str, output: str, dtype: str | None = None, ema: bool = True) -> Path:
-    from forcefield.export import save_model
-    from forcefield.model_files import module_from_checkpoint, read_checkpoint
-
-    src = Path(checkpoint)
-    if dtype is not None and str(dtype) not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not supported; use float32 or float64")
-    try:
-        raw = read_checkpoint(src)
-    except (FileNotFoundError, IsADirectoryError) as exc:
-        raise ConfigError(f"checkpoint={src}: {exc}") from exc
-    module = module_from_checkpoint(raw, src)
-    net = module.eval_model() if ema else module.model
-    if dtype:
-        net = net.to(_torch_dtype(dtype))
-    dest = Path(output)
-    save_model(dest, net, metadata={"source_checkpoint": str(src.resolve()),
-                                    "epoch": raw.get("epoch"), "ema": bool(ema)})
-    return dest
-
-
-# --------------------------------------------------------------------------- evaluate
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def evaluate(cfg: DictConfig, model_path: str) -> int:
-    """``forcefield evaluate``: metrics, predictions and parity plots on every test source."""
-    from tqdm.auto import tqdm
-
-    from forcefield.training.metrics import MetricAccumulator, format_table
-
-    check_keys(cfg, ("data", "model", "output_dir", "dtype", "device", "batch_size",
-                     "predictions", "plots"))
-    if cfg.dtype is not None and str(cfg.dtype) not in DTYPES:
-        raise ConfigError(f"dtype={cfg.dtype!r} is not supported; use float32 or float64")
-    net, info = load_any_model(model_path, cfg.dtype)
-    device = _device(str(cfg.device))
-    net = net.to(device)
-    oc20 = is_oc20(cfg.data)
-    extra = {}
-    if cfg.batch_size is not None:
-        extra["batch_size"] = int(cfg.batch_size)
-    if OmegaConf.is_missing(cfg.data, "train"):
-        cfg.data.train = None  # evaluation reads only the test sources (data=ase needs none)
-    dm = instantiate_datamodule(cfg.data, r_max=float(net.config["r_max"]), **extra)
-    setup_data(dm, "test")
-    names, loaders = test_loaders(dm)
-    if not loaders:
-        raise ConfigError("data: no test data found; set data.test (oc20/ase) or data.root (3bpa)")
-    check_species(names, loaders, net.config["species"], "test")
-    out = Path(str(cfg.output_dir)).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, float]] = {}
-    predictions: dict[str, dict] = {}
-    for name, loader in zip(names, loaders, strict=True):
-        acc = MetricAccumulator(device)
-        frames = []
-        buf: dict[str, list] = {"e_ref": [], "e_pred": [], "natoms": [], "f_ref": [], "f_pred": []}
-        for batch in tqdm(loader, desc=f"evaluate {name}", leave=False):
-            batch = batch.to(device)
-            # forces only when there are labels to compare with (not for IS2RE energies)
-            forces = getattr(batch, "forces", None) is not None
-            with torch.enable_grad():
-                pred = net(batch, compute_forces=forces, compute_stress=False, training=False)
-            pred = {k: v.detach() for k, v in pred.items() if isinstance(v, torch.Tensor)}
-            acc.update(batch, pred)
-            _collect(buf, batch, pred)
-            if cfg.predictions:
-                frames.extend(_to_frames(batch, pred))
-        results[name] = acc.compute(oc20)
-        predictions[name] = {k: _cat(v, k) for k, v in buf.items()}
-        if cfg.predictions and frames:
-            _write_frames(out / f"predictions_{_safe(name)}.extxyz", frames)
-    atomic_write_json(out / "metrics.json", _jsonable({"test": results,
-                                                      "model": str(Path(model_path).resolve()),
-                                                      "model_kind": info.get("kind")}))
-    if cfg.plots:
-        from forcefield.training.plots import write_parity_plots
-
-        write_parity_plots(out, predictions)
-    _echo(format_table(results, oc20=oc20))
-    _echo(f"\nresults written to {out}")
-    return 0
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
-
-
-def _cat(parts: Sequence, key: str):
-    import numpy as np
-
-    if not parts:
-        return np.zeros((0, 3) if key.startswith("f_") else (0,))
-    return np.concatenate(parts)
-
-
-def _collect(buf: dict, batch, pred: Mapping[str, torch.Tensor]) -> None:
-    from forcefield.training.metrics import free_atom_mask
-
-    if getattr(batch, "energy", None) is not None:
-        buf["e_ref"].append(batch.energy.double().cpu().numpy().reshape(-1))
-        buf["e_pred"].append(pred["energy"].double().cpu().numpy().reshape(-1))
-        buf["natoms"].append(batch.natoms.cpu().numpy().reshape(-1))
-    if getattr(batch, "forces", None) is not None:
-        free = free_atom_mask(batch)
-        buf["f_ref"].append(batch.forces[free].double().cpu().numpy())
-        buf["f_pred"].append(pred["forces"][free].double().cpu().numpy())
-
-
-def _to_frames(batch, pred: Mapping[str, torch.Tensor]) -> list:
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from forcefield.data.atomic_data import to_ase
-
-    frames = []
-    ptr = batch.ptr.cpu().tolist()
-    for i, data in enumerate(batch.cpu().to_data_list()):
-        atoms = to_ase(data)
-        atoms.calc = None
-        if getattr(data, "energy", None) is not None:
-            atoms.info["ref_energy"] = float(data.energy.reshape(-1)[0])
-        if getattr(data, "forces", None) is not None:
-            atoms.arrays["ref_forces"] = data.forces.double().numpy()
-        results = {"energy": float(pred["energy"][i])}
-        if "forces" in pred:
-            results["forces"] = pred["forces"][ptr[i]:ptr[i + 1]].double().cpu().numpy()
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
-    return frames
-
-
-def _write_frames(path: Path, frames: list) -> None:
-    from ase.io import write
-
-    from forcefield.training.io import atomic_path
-
-    with atomic_path(path, suffix=".extxyz") as tmp:
-        write(tmp, frames, format="extxyz")
