@@ -21,7 +21,7 @@ its fit (training + validation) on the same split, one after the other, and the 
 reports the epochs each completed and its test errors (full test sets by default):
 
 * forcefield's default run, exactly ``forcefield train`` (the default model, cosine
-  schedule and stage two following the time budget, float64) with
+  schedule and stage two following the time budget, float32) with
   ``trainer.max_time`` set to the budget;
 * mace-torch's MACE in a common small setting (32 channels, L = 1, max_ell 3,
   correlation 3, 2 interactions, float32);
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_ours:
             print(f"forcefield: the default run, fit limited to {args.wall_time} min ...",
                   flush=True)
-            results["forcefield default (gaunt_mace_small, float64)"] = run_ours(
+            results["forcefield default (gaunt_mace_small, float32)"] = run_ours(
                 work, None, args.threads, args.test_limit, wall_time_s=budget)
         if not args.skip_mace:
             print("mace-torch: small MACE (32x0e+32x1o, max_ell 3, float32) ...", flush=True)

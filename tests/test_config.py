@@ -34,7 +34,10 @@ def test_default_train_config():
     assert cfg.data._target_ == "forcefield.data.ThreeBPADataModule"
     assert cfg.model.name == "gaunt_mace_small"
     assert cfg.trainer.accelerator == "cpu"
-    assert cfg.dtype == "float64" and cfg.seed == 0 and cfg.ckpt_path is None
+    assert cfg.dtype == "float32" and cfg.export.dtype == "float64"
+    # the default run stops by time; its schedule follows the time (README, Training)
+    assert cfg.trainer.max_epochs is None and cfg.trainer.max_time == "00:00:09:00"
+    assert cfg.seed == 0 and cfg.ckpt_path is None
     assert "train-" in cfg.output_dir
     assert cfg.training.loss.forces_weight == 1000.0
 

@@ -57,6 +57,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     if cfg.get("sweep") is not None:
         check_keys(cfg.sweep, ("objective",), "sweep")
     check_dtype(cfg.dtype)
+    if "export" in cfg:
+        check_keys(cfg.export, ("enabled", "dtype"), "export")
+        check_dtype(cfg.export.get("dtype"), "export.dtype")
     from forcefield.models import architecture_of, config_keys
 
     try:
@@ -372,9 +375,18 @@ def train(cfg: DictConfig) -> int:
     if cfg.export.enabled:
         from forcefield.export import save_model
 
-        save_model(out / "model.pt", module.eval_model(),
+        net = module.eval_model()
+        export_dtype = str(cfg.export.get("dtype") or dtype)
+        if export_dtype != dtype:  # e.g. trained in float32, deployed in float64 for MD
+            import copy
+
+            from forcefield.export import resolve_dtype
+
+            net = copy.deepcopy(net).to(resolve_dtype(export_dtype))
+        save_model(out / "model.pt", net,
                    metadata={"source_checkpoint": str(best), "best_epoch": best_epoch,
-                             "test": jsonable(results), "dtype": dtype})
+                             "test": jsonable(results), "dtype": export_dtype,
+                             "training_dtype": dtype})
     if results:
         from forcefield.training.metrics import format_table
 
