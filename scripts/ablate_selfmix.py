@@ -108,28 +108,28 @@ def run_one(task: str, args, seed: int, selfmix: bool, data: dict) -> dict:
     return {"task": task, "seed": seed, "selfmix": selfmix, "test": result}
 
 
+def _cell(key: str, values: list) -> str:
+    """The mean of the runs' values of one metric (n/a without any), as a table cell."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}" if key in ("forces_cos", "efwt") else f"{mean:.1f}"
+
+
 def table(rows: list[dict], task: str) -> str:
     cols = COLUMNS[task]
     lines = ["| seed | selfmix | " + " | ".join(c[2] for c in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
-    for row in rows:
-        cells = []
-        for split, key, _ in cols:
-            value = row["test"].get(split, {}).get(key)
-            cells.append("n/a" if value is None else
-                         (f"{value:.3f}" if key in ("forces_cos", "efwt") else f"{value:.1f}"))
-        lines.append(f"| {row['seed']} | {'on' if row['selfmix'] else 'off'} | "
-                     + " | ".join(cells) + " |")
-    for selfmix in (True, False):
-        mine = [r for r in rows if r["selfmix"] == selfmix]
-        means = []
-        for split, key, _ in cols:
-            vals = [r["test"].get(split, {}).get(key) for r in mine]
-            vals = [v for v in vals if v is not None]
-            means.append("n/a" if not vals else
-                         (f"{sum(vals) / len(vals):.3f}" if key in ("forces_cos", "efwt")
-                          else f"{sum(vals) / len(vals):.1f}"))
-        lines.append(f"| mean | {'on' if selfmix else 'off'} | " + " | ".join(means) + " |")
+
+    def line(label, runs: list[dict], selfmix: bool) -> str:
+        cells = [_cell(key, [r["test"].get(split, {}).get(key) for r in runs])
+                 for split, key, _ in cols]
+        return f"| {label} | {'on' if selfmix else 'off'} | " + " | ".join(cells) + " |"
+
+    lines += [line(row["seed"], [row], row["selfmix"]) for row in rows]
+    lines += [line("mean", [r for r in rows if r["selfmix"] == selfmix], selfmix)
+              for selfmix in (True, False)]
     return "\n".join(lines)
 
 
