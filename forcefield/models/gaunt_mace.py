@@ -23,6 +23,7 @@ from forcefield.nn import (
     SpeciesIndex,
 )
 from forcefield.nn.conservative import energy_derivatives, smootherstep, strained_geometry
+from forcefield.nn.edge_pairs import edge_pairs
 
 __all__ = ["GauntMACE", "DEFAULT_CONFIG"]
 
@@ -113,8 +114,8 @@ class GauntInteraction(nn.Module):
         # all-zero features after the first interaction (isolated atom -> its E0 exactly).
         self.skip = DegreeLinear(c, c, lmax_in, lmax_out) if residual else None
 
-    def forward(self, h, species_idx, radial, sh, sender, receiver):
-        a = self.conv(h, radial, sh, sender, receiver)
+    def forward(self, h, species_idx, radial, sh, sender, receiver, edge_slot=None):
+        a = self.conv(h, radial, sh, sender, receiver, edge_slot)
         b = self.linear(self.product(a, species_idx))
         if self.skip is not None:
             b = b + self.skip(h)
@@ -188,6 +189,7 @@ class GauntMACE(nn.Module):
         receiver, sender = edge_index[0], edge_index[1]
         shifts = data.cell_shifts.to(dtype)
         species_idx = self.species_index(data.atomic_numbers)
+        pairs = edge_pairs(sender, receiver, data.cell_shifts, n)
 
         need_grad = compute_forces or compute_stress or training
         ctx = torch.enable_grad() if need_grad else contextlib.nullcontext()
@@ -200,7 +202,11 @@ class GauntMACE(nn.Module):
             r = torch.linalg.vector_norm(vec, dim=-1, keepdim=True)
             sh = so3.spherical_harmonics(self.lmax_sh, vec) * math.sqrt(4 * math.pi)
             envelope = self.radial_embedding.envelope(r)
-            radial = self.radial_embedding.bessel(r) * envelope
+            if pairs is None:
+                radial, edge_slot = self.radial_embedding.bessel(r) * envelope, None
+            else:  # once per neighbour pair: both directions have the same length
+                radial = self.radial_embedding.bessel(r[pairs.first]) * envelope[pairs.first]
+                edge_slot = pairs.slot
             # "has neighbours" weight of the energy shift: smootherstep (C2) of the
             # envelope-weighted neighbour count, 0 for an isolated atom, exactly 1 from one
             # full neighbour on (every atom of a molecule or solid)
@@ -210,7 +216,7 @@ class GauntMACE(nn.Module):
             h = self.embedding(species_idx).unsqueeze(-1)
             model_energy = torch.zeros(n, dtype=dtype, device=pos.device)
             for interaction, readout in zip(self.interactions, self.readouts, strict=False):
-                h = interaction(h, species_idx, radial, sh, sender, receiver)
+                h = interaction(h, species_idx, radial, sh, sender, receiver, edge_slot)
                 model_energy = model_energy + readout(h[:, :, 0])
             node_energy = self.head(model_energy, species_idx, shift_weight)
             energy = scatter(node_energy, batch, dim=0, dim_size=num_graphs, reduce="sum")

@@ -124,16 +124,21 @@ class GauntConvolution(nn.Module):
     def forward(
         self,
         h: torch.Tensor,  # [N, C, (lmax_in+1)^2]
-        radial: torch.Tensor,  # [E, num_radial]
+        radial: torch.Tensor,  # [E, num_radial], or [U, num_radial] with edge_slot
         sh: torch.Tensor,  # [E, (lmax_sh+1)^2] component-normalised
         sender: torch.Tensor,
         receiver: torch.Tensor,
+        edge_slot: torch.Tensor | None = None,  # [E]: the row of radial of each edge
     ) -> torch.Tensor:
+        """``edge_slot`` lets edges share a row of ``radial`` (the two directions of a
+        neighbour pair, ``forcefield.nn.edge_pairs``): the radial MLP then runs once per row."""
         num_nodes = h.shape[0]
         num_edges = sh.shape[0]
         c = self.channels
         h = self.linear_up(h)
         w = self.radial(radial)
+        if edge_slot is not None:
+            w = w.index_select(0, edge_slot)
         if self.use_kernel(h):
             return self._kernel(h, w, sh, sender, receiver)
         r = w[:, self.num_node_weights :].reshape(num_edges, c, self.lmax_sh + 1)
