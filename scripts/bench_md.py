@@ -171,6 +171,8 @@ def build_mace(args, preset, atoms):
 
 
 def worker(args) -> dict:
+    if args.worker != "mace":
+        import forcefield  # noqa: F401  before torch, as users import it: sets its OpenMP spin default
     import ase.io
     import numpy as np
     import torch

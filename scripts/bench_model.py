@@ -184,6 +184,9 @@ def worker_mace(args, preset: dict, atoms_list, e0s, avg_nn):
 
 
 def worker(args) -> dict:
+    if args.worker == "gaunt":
+        import forcefield  # noqa: F401  before torch, as users import it: sets its OpenMP spin default
+
     import torch
 
     torch.set_num_threads(args.threads)
