@@ -5,8 +5,9 @@ A full neighbour list holds every pair twice: ``i <- j`` with cell shift ``S`` a
 functions of the positions and the strained cell), so their lengths, and everything a
 model computes from the length alone (radial basis, radial MLP), are the same. GauntMACE
 evaluates the radial MLP once per pair and hands each edge its pair's row: half the work
-of the largest per-edge dense layers. Forces stay exact: the shared row is a function of
-one direction's vector, which equals the other's length as a function of the positions.
+of the largest per-edge dense layers. Forces and stress stay exact: the shared row is a
+function of one direction's vector, whose length equals the other's as a function of the
+positions and the cell.
 
 Edges without a reverse (a capped list keeps ``i <- j`` but may drop ``j <- i``) are pairs
 of one edge.
