@@ -199,6 +199,34 @@ def test_recomputes_when_atoms_move(calc, molecule):
     assert fresh.get_potential_energy() == pytest.approx(e3, abs=1e-10)
 
 
+def test_change_check_agrees_with_ase(calc, molecule):
+    """The exact check reports every change ASE's check reports (and a 1e-16 move)."""
+    from ase.calculators.calculator import compare_atoms
+
+    atoms = organic_cell()
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    assert calc.check_state(atoms) == [] == compare_atoms(calc.atoms, atoms)
+    edits = {
+        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-9),
+        "numbers": lambda a: a.numbers.__setitem__(0, 1 if a.numbers[0] != 1 else 6),
+        "cell": lambda a: a.set_cell(a.cell.array * 1.001, scale_atoms=False),
+        "pbc": lambda a: a.set_pbc([True, True, False]),
+        "initial_charges": lambda a: a.set_initial_charges(np.arange(len(a), dtype=float)),
+        "initial_magmoms": lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
+    }
+    for name, edit in edits.items():
+        changed = atoms.copy()
+        edit(changed)
+        assert calc.check_state(changed) == compare_atoms(calc.atoms, changed) == [name]
+    tiny = atoms.copy()
+    tiny.positions[3, 1] = np.nextafter(tiny.positions[3, 1], np.inf)
+    assert calc.check_state(tiny) == ["positions"]
+    atoms.positions[3, 1] = tiny.positions[3, 1]
+    atoms.get_potential_energy()  # recomputed: the calculator now holds the moved atoms
+    assert calc.atoms.positions[3, 1] == tiny.positions[3, 1]
+
+
 def test_committee_mean_and_std(tmp_path, molecule):
     paths = []
     for seed in (0, 1, 2):
