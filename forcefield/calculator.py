@@ -194,16 +194,19 @@ class ForceFieldCalculator(Calculator):
         """
         if self.atoms is None:
             return list(all_changes)
-        old, changes = self.atoms, []
-        checked = [name for name in all_changes if name not in set(self.ignored_changes)]
-        for name in ("cell", "pbc"):
-            if name in checked and not np.array_equal(getattr(old, name), getattr(atoms, name)):
-                changes.append(name)
-        for name in checked:
-            if name in ("cell", "pbc"):
+        old, ignored, changes = self.atoms, set(self.ignored_changes), []
+        # ASE's order: the attributes cell and pbc, then the per-atom arrays
+        attributes = ("cell", "pbc")
+        for name in [*attributes, *(n for n in all_changes if n not in attributes)]:
+            if name in ignored:
                 continue
-            a, b = old.arrays.get(name), atoms.arrays.get(name)
-            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+            if name in attributes:
+                same = np.array_equal(getattr(old, name), getattr(atoms, name))
+            else:
+                a, b = old.arrays.get(name), atoms.arrays.get(name)
+                same = a is None and b is None or (
+                    a is not None and b is not None and np.array_equal(a, b))
+            if not same:
                 changes.append(name)
         return changes
 
