@@ -14,10 +14,7 @@ kernels (``conv_kernel``) never write a per-edge grid tensor.  Because Z is line
 of (hg, wn, r, sh), the scalar ``T = sum g * Z`` is multilinear in (hg, wn, r, sh, g) and
 every derivative of every order is a partial of T with one argument replaced by an
 incoming gradient: ``ConvPartials`` computes such partials, and its backward is made of
-``ConvPartials`` again (double backward for force training).  A plain backward of the
-partials (the loss of force training, not differentiated further) sums the substitutions
-of all arguments in one pass of two kernels (``conv_kernel.double_senders`` and
-``double_receivers``) instead of one pass per argument.
+``ConvPartials`` again (double backward for force training).
 
 The first layer (L1 = 0) uses the same kernels in coefficient space: the grid is replaced
 by the (l2, m) coefficients (``ysh`` the identity) and ``hg`` is h repeated.
