@@ -190,7 +190,8 @@ class ForceFieldCalculator(Calculator):
         ASE's own check compares each array with ``numpy.allclose`` (atol 1e-15): about
         0.5 ms per call for a small molecule, and an MD step asks up to three times, which
         is several percent of a 27-atom step. Exact equality never keeps a result that
-        ASE's check would discard (values within 1e-15 count as changed here).
+        ASE's check would discard (values within 1e-15 count as changed here), so ``tol``
+        is not used; it stays for ASE's signature.
         """
         if self.atoms is None:
             return list(all_changes)
