@@ -11,6 +11,7 @@
 #define MAXL 8 /* degrees 0..7 per operand */
 #define LOAD(ptr) (*(const VW *)(ptr))
 #define STORE(ptr) (*(VW *)(ptr))
+#define VZERO ((VW){0}) /* all lanes 0 (never a load times 0: that reads memory and keeps NaN) */
 
 /* Yg[l2][p] = sum over m of sh[l2 m] * ysh[l2 m][p]: the filter's per-degree grid values */
 INLINE void FN(filter_grid)(const REAL *restrict sh, const REAL *restrict ysh, int n2, int pp,
@@ -106,8 +107,8 @@ INLINE void FN(send_edge)(const REAL *restrict hn, REAL *restrict dh, const REAL
         for (int l = 0; l < n1; ++l) wl[l] = has_wn ? wc[l] : (REAL)1;
         for (int l = 0; l < n2; ++l) rl[l] = rc[l];
         VW acc_w[MAXL], acc_r[MAXL];
-        for (int l = 0; l < n1; ++l) acc_w[l] = LOAD(gc) * (REAL)0;
-        for (int l = 0; l < n2; ++l) acc_r[l] = LOAD(gc) * (REAL)0;
+        for (int l = 0; l < n1; ++l) acc_w[l] = VZERO;
+        for (int l = 0; l < n2; ++l) acc_r[l] = VZERO;
         for (int p = 0; p < pp; p += W) {
             const VW gv = LOAD(gc + p);
             if (need_y) {
@@ -358,7 +359,7 @@ static int FN(powers_double)(const int64_t *dims, const REAL *a, const REAL *w, 
                     VW gv = gc[0] * LOAD(proj + p);
                     for (int k = 1; k < ko; ++k) gv += gc[k] * LOAD(proj + (int64_t)k * pp + p);
                     const VW x = FN(chunk_x)(ag + p, wc, n1, pp);
-                    VW b = LOAD(gc) * (REAL)0;
+                    VW b = VZERO;
                     if (u) b += FN(chunk_x)(ug + p, wc, n1, pp);
                     if (vc) b += FN(chunk_x)(ag + p, vc, n1, pp);
                     const VW xm2 = FN(power)(x, nu - 2), xm1 = FN(power)(x, nu - 1);
@@ -398,6 +399,7 @@ static int FN(powers_double)(const int64_t *dims, const REAL *a, const REAL *w, 
     return 0;
 }
 
+#undef VZERO
 #undef STORE
 #undef LOAD
 #undef MAXL

@@ -57,7 +57,7 @@ INLINE void FN(ring_azimuth)(const REAL *az_cos, const REAL *az_sin, int az_stri
         VEC c[NV], s[NV];
         FOR_V {
             c[v] = A[lmax * NV + v];
-            s[v] = A[lmax * NV + v] * (REAL)0;
+            s[v] = (VEC){0};
         }
         for (int m = 1; m <= lmax; ++m) {
             const REAL cm = cs[m], sm = sn[m];
@@ -115,7 +115,7 @@ INLINE void FN(grid_rows)(const int64_t *shape, const REAL *x1, const int64_t *x
             for (int d = 0; d < d1; ++d) x1_lanes[d * ROWS + w] = p1[d];
             for (int d = 0; d < d2; ++d) x2_lanes[d * ROWS + w] = p2[d];
         }
-        for (int d = 0; d < d_out * NV; ++d) O[d] = X1[0] * (REAL)0;
+        for (int d = 0; d < d_out * NV; ++d) O[d] = (VEC){0};
 
         for (int j = 0; j < n_beta; ++j) {
             FN(ring_inputs)(leg1 + (int64_t)j * m1 * (l1 + 1), l1, X1, A1);
