@@ -144,6 +144,7 @@ def test_threads_give_bit_identical_results(dtype) -> None:
     index = fused_conv.EdgeIndex.build(sender, receiver, 50)
     hg, wn, r, sh = inputs(3, 3, ysh.shape[1], 50, 3000, channels=2, dtype=dtype)
     g = torch.randn(50, 2, ysh.shape[1], dtype=dtype)
+    u = inputs(3, 3, ysh.shape[1], 50, 3000, channels=2, dtype=dtype, seed=1)
     threads = torch.get_num_threads()
     results = []
     try:
@@ -151,11 +152,105 @@ def test_threads_give_bit_identical_results(dtype) -> None:
             torch.set_num_threads(n)
             assert len(conv_kernel._node_ranges(index.recv_ptr)) == n
             results.append((conv_kernel.receivers(hg, wn, r, sh, ysh, index),
-                            *conv_kernel.senders(hg, wn, r, sh, ysh, g, index, (True,) * 4)))
+                            *conv_kernel.senders(hg, wn, r, sh, ysh, g, index, (True,) * 4),
+                            conv_kernel.double_receivers(hg, wn, r, sh, ysh, u, index),
+                            *conv_kernel.double_senders(hg, wn, r, sh, ysh, g, u, index,
+                                                        (True,) * 4)))
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+def substituted_partials(args, ysh, index, u):
+    """The double backward by its definition: for each k, the partials of T with argument k
+    replaced by u_k, summed (what ``ConvPartials`` computes when differentiated further)."""
+    hg, wn, r, sh, g = args
+    total = [None] * 5
+    for k, uk in enumerate(u):
+        if uk is None:
+            continue
+        substituted = [hg, wn, r, sh, g]
+        substituted[k] = uk
+        partials = [*conv_kernel.senders(*substituted[:4], ysh, substituted[4], index,
+                                          (True,) * 4),
+                    conv_kernel.receivers(*substituted[:4], ysh, index)]
+        for j, value in enumerate(partials):
+            if j == k or value is None:
+                continue
+            total[j] = value if total[j] is None else total[j] + value
+    return total
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(TABLES))
+@pytest.mark.parametrize("dtype,atol", [(F64, 1e-12), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("missing", [None, 0, 2, 3])
+def test_double_kernels_equal_the_substituted_partials(name: str, dtype, atol: float,
+                                                       missing: int | None) -> None:
+    """double_senders and double_receivers == the sum over substituted arguments of the
+    single-pass kernels; a partial without incoming gradient (``missing``) counts as zero."""
+    ysh = TABLES[name]().to(dtype)
+    n2, pp = math.isqrt(ysh.shape[0]), ysh.shape[1]
+    first = name.startswith("first")
+    sender, receiver = graph(7, 45, seed=5, skip=2)
+    index = fused_conv.EdgeIndex.build(sender, receiver, 7)
+    hg, wn, r, sh = inputs(1 if first else 3, n2, pp, 7, 45, dtype=dtype, node_weights=not first)
+    u0, u1, u2, u3 = inputs(1 if first else 3, n2, pp, 7, 45, dtype=dtype, seed=1,
+                            node_weights=not first)
+    g = torch.randn(7, hg.shape[1], pp, dtype=dtype)
+    u = [u0, u1, u2, u3]
+    if missing is not None:
+        u[missing] = None
+    expected = substituted_partials((hg, wn, r, sh, g), ysh, index, u)
+    zeros = [torch.zeros_like(a) if a is not None and b is None else b
+             for a, b in zip((hg, wn, r, sh), u, strict=True)]
+    got = [*conv_kernel.double_senders(hg, wn, r, sh, ysh, g, zeros, index, (True,) * 4),
+           conv_kernel.double_receivers(hg, wn, r, sh, ysh, zeros, index)]
+    for j, (a, b) in enumerate(zip(got, expected, strict=True)):
+        if j == 1 and first:
+            assert a is None
+            continue
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(a, b, atol=atol * scale, rtol=0)
+    assert not got[4][2].any() and not got[0][2].any()  # node 2 has no edges
+
+
+@needs_kernel
+@pytest.mark.parametrize("node_weights", [True, False])
+def test_backward_of_the_partials_takes_the_double_kernels(node_weights: bool) -> None:
+    """A plain backward through the partials (forces in the loss) gives the numbers of the
+    differentiable composition (the one a create_graph backward takes)."""
+    ysh = fused_conv.conv_grid_tables(1, 2, 1)["ysh"]
+    sender, receiver = graph(5, 20, seed=6)
+    index = fused_conv.EdgeIndex.build(sender, receiver, 5)
+    hg, wn, r, sh = inputs(2 if node_weights else 1, 3, ysh.shape[1], 5, 20,
+                           node_weights=node_weights)
+    args = [a.requires_grad_() if a is not None else None for a in (hg, wn, r, sh)]
+    g = torch.randn(5, 3, ysh.shape[1], dtype=F64, requires_grad=True)
+    live = [a for a in (*args, g) if a is not None]
+    which = (0, 1, 2, 3) if node_weights else (0, 2, 3)
+
+    def loss():
+        partials = fused_conv.ConvPartials.apply(which, ysh, index, *args, g)
+        return sum((p.sin()).sum() for p in partials)
+
+    calls = []
+    original = conv_kernel.double_senders
+
+    def spy(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    conv_kernel.double_senders = spy
+    try:
+        fused = torch.autograd.grad(loss(), live)
+        composed = torch.autograd.grad(loss(), live, create_graph=True)
+    finally:
+        conv_kernel.double_senders = original
+    assert len(calls) == 1  # the plain backward only
+    for a, b in zip(fused, composed, strict=True):
+        torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=0)
 
 
 def convolution(lmax_in: int, lmax_sh: int, channels: int = 4, seed: int = 0):

@@ -18,6 +18,10 @@
  *   conv_senders:   dT/dhg, dT/dwn, dT/dr, dT/dsh, looping over sending nodes and their
  *                   outgoing edges (every output belongs to one sending node).
  *
+ * The backward of conv_senders' four partials (training on forces) would need one pass per
+ * substituted argument; conv_double_senders and conv_double_receivers compute the sum of
+ * those partials in one pass each (see the body).
+ *
  * Each works on a range of nodes, so Python threads can run disjoint ranges; the order of
  * every sum is fixed by the CSR order, so results are bit-identical for any thread count.
  *
@@ -137,6 +141,35 @@ static int use_avx2(void)
 
 EXPORT(f32, float)
 EXPORT(f64, double)
+
+#define EXPORT_DOUBLE(T, REAL_T)                                                             \
+    int gaunt_conv_double_senders_##T(const int64_t *dims, const int64_t *strides,           \
+                                      const REAL_T *hg, const REAL_T *wn, const REAL_T *r,   \
+                                      const REAL_T *sh, const REAL_T *ysh, const REAL_T *g,  \
+                                      const REAL_T *u0, const REAL_T *u1, const REAL_T *u2,  \
+                                      const REAL_T *u3, const int64_t *receiver,             \
+                                      const int64_t *ptr, const int64_t *perm, REAL_T *d_hg, \
+                                      REAL_T *d_wn, REAL_T *d_r, REAL_T *d_sh,               \
+                                      int64_t begin, int64_t end)                            \
+    {                                                                                        \
+        return DISPATCH(conv_double_senders, T, dims, strides, hg, wn, r, sh, ysh, g, u0,   \
+                        u1, u2, u3, receiver, ptr, perm, d_hg, d_wn, d_r, d_sh, begin, end); \
+    }                                                                                        \
+    int gaunt_conv_double_receivers_##T(const int64_t *dims, const int64_t *strides,         \
+                                        const REAL_T *hg, const REAL_T *wn, const REAL_T *r, \
+                                        const REAL_T *sh, const REAL_T *ysh,                 \
+                                        const REAL_T *u0, const REAL_T *u1,                  \
+                                        const REAL_T *u2, const REAL_T *u3,                  \
+                                        const int64_t *sender, const int64_t *ptr,           \
+                                        const int64_t *perm, REAL_T *z, int64_t begin,       \
+                                        int64_t end)                                         \
+    {                                                                                        \
+        return DISPATCH(conv_double_receivers, T, dims, strides, hg, wn, r, sh, ysh, u0, u1, \
+                        u2, u3, sender, ptr, perm, z, begin, end);                           \
+    }
+
+EXPORT_DOUBLE(f32, float)
+EXPORT_DOUBLE(f64, double)
 
 #define EXPORT_POWERS(T, REAL_T)                                                             \
     int gaunt_powers_forward_##T(const int64_t *dims, const REAL_T *a, const REAL_T *w,      \

@@ -232,6 +232,187 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
     return 0;
 }
 
+/* The double backward of conv_senders.  Given incoming gradients u0 (like hg), u1 (like wn;
+ * unused without node weights), u2 (like r) and u3 (like sh) of the four partials, the
+ * scalar S = <u0, dT/dhg> + <u1, dT/dwn> + <u2, dT/dr> + <u3, dT/dsh> is the sum of T with
+ * one argument replaced by its u.  On the grid, with
+ *   X' = sum_l1 (wn u0 + u1 hg),   Yv' = sum_l2 (u2 Yg + r Yu)   (Yu: the grid values of u3),
+ * its partials are
+ *   dS/dhg = sum_e G (u1 Yv + wn Yv'),   dS/dwn = sum_p G (u0 Yv + hg Yv'),
+ *   dS/dr  = sum_p G (Yg X' + Yu X),     dS/dYg = sum_c G (r X' + u2 X),
+ *   dS/dG  = sum_e (X' Yv + X Yv')       (conv_double_receivers),
+ * each computed in one pass instead of one pass per substituted argument.
+ * strides = {wn: s0, s1; r: s0, s1; sh: s0; u1: s0, s1; u2: s0, s1; u3: s0}. */
+
+/* X, X', Yv and Yv' of one channel on one chunk (without node weights wl = 1, vl = 0) */
+#define DOUBLE_CHUNK(p)                                                                      \
+    VW x = wl[0] * LOAD(hc + (p)), xp = wl[0] * LOAD(uc + (p)) + vl[0] * LOAD(hc + (p));     \
+    for (int l = 1; l < n1; ++l) {                                                           \
+        const VW hv = LOAD(hc + l * pp + (p));                                               \
+        x += wl[l] * hv;                                                                     \
+        xp += wl[l] * LOAD(uc + l * pp + (p)) + vl[l] * hv;                                  \
+    }                                                                                        \
+    VW y = rl[0] * LOAD(yg + (p)), yp = ql[0] * LOAD(yg + (p)) + rl[0] * LOAD(yu + (p));     \
+    for (int l = 1; l < n2; ++l) {                                                           \
+        const VW gl = LOAD(yg + l * pp + (p));                                               \
+        y += rl[l] * gl;                                                                     \
+        yp += ql[l] * gl + rl[l] * LOAD(yu + l * pp + (p));                                  \
+    }
+
+/* the per-channel weights of one edge: wl, vl (node side), rl, ql (filter side) */
+#define DOUBLE_WEIGHTS                                                                       \
+    REAL wl[MAXL], vl[MAXL], rl[MAXL], ql[MAXL];                                             \
+    for (int l = 0; l < n1; ++l) {                                                           \
+        wl[l] = has_wn ? we[c * st[1] + l] : (REAL)1;                                        \
+        vl[l] = has_wn ? ve[c * st[6] + l] : (REAL)0;                                        \
+    }                                                                                        \
+    for (int l = 0; l < n2; ++l) {                                                           \
+        rl[l] = re[c * st[3] + l];                                                           \
+        ql[l] = qe[c * st[8] + l];                                                           \
+    }
+
+INLINE void FN(send_edge_double)(const REAL *restrict hn, const REAL *restrict un,
+                                 REAL *restrict dh, const REAL *we, const REAL *ve,
+                                 const REAL *re, const REAL *qe, const int64_t *st,
+                                 const REAL *restrict yg, const REAL *restrict yu,
+                                 REAL *restrict d_yg, const REAL *restrict ge,
+                                 REAL *restrict dwe, REAL *restrict dre, int channels, int n1,
+                                 int n2, int pp, int has_wn)
+{
+    for (int c = 0; c < channels; ++c) {
+        const REAL *hc = hn + (int64_t)c * n1 * pp, *uc = un + (int64_t)c * n1 * pp;
+        const REAL *gc = ge + (int64_t)c * pp;
+        REAL *dc = dh ? dh + (int64_t)c * n1 * pp : NULL;
+        DOUBLE_WEIGHTS
+        VW acc_w[MAXL], acc_r[MAXL];
+        for (int l = 0; l < n1; ++l) acc_w[l] = LOAD(gc) * (REAL)0;
+        for (int l = 0; l < n2; ++l) acc_r[l] = LOAD(gc) * (REAL)0;
+        for (int p = 0; p < pp; p += W) {
+            DOUBLE_CHUNK(p)
+            const VW gv = LOAD(gc + p);
+            const VW ty = gv * y, typ = gv * yp, tx = gv * x, txp = gv * xp;
+            if (dc)
+                for (int l = 0; l < n1; ++l) STORE(dc + l * pp + p) += vl[l] * ty + wl[l] * typ;
+            if (dwe)
+                for (int l = 0; l < n1; ++l)
+                    acc_w[l] += LOAD(uc + l * pp + p) * ty + LOAD(hc + l * pp + p) * typ;
+            if (dre)
+                for (int l = 0; l < n2; ++l)
+                    acc_r[l] += LOAD(yg + l * pp + p) * txp + LOAD(yu + l * pp + p) * tx;
+            if (d_yg)
+                for (int l = 0; l < n2; ++l) STORE(d_yg + l * pp + p) += rl[l] * txp + ql[l] * tx;
+        }
+        if (dwe)
+            for (int l = 0; l < n1; ++l) dwe[c * n1 + l] = FN(hsum)(acc_w[l]);
+        if (dre)
+            for (int l = 0; l < n2; ++l) dre[c * n2 + l] = FN(hsum)(acc_r[l]);
+    }
+}
+
+INLINE void FN(receive_edge_double)(const REAL *restrict hs, const REAL *restrict us,
+                                    const REAL *we, const REAL *ve, const REAL *re,
+                                    const REAL *qe, const int64_t *st, const REAL *restrict yg,
+                                    const REAL *restrict yu, REAL *restrict zi, int channels,
+                                    int n1, int n2, int pp, int has_wn)
+{
+    for (int c = 0; c < channels; ++c) {
+        const REAL *hc = hs + (int64_t)c * n1 * pp, *uc = us + (int64_t)c * n1 * pp;
+        REAL *restrict zc = zi + (int64_t)c * pp;
+        DOUBLE_WEIGHTS
+        for (int p = 0; p < pp; p += W) {
+            DOUBLE_CHUNK(p)
+            STORE(zc + p) += xp * y + x * yp;
+        }
+    }
+}
+
+#undef DOUBLE_WEIGHTS
+#undef DOUBLE_CHUNK
+
+/* dS/dhg, dS/dwn, dS/dr and dS/dsh (each written where its pointer is not NULL) for the
+ * sending nodes in [begin, end), like conv_senders. */
+static int FN(conv_double_senders)(const int64_t *dims, const int64_t *st, const REAL *hg,
+                                   const REAL *wn, const REAL *r, const REAL *sh,
+                                   const REAL *ysh, const REAL *g, const REAL *u0,
+                                   const REAL *u1, const REAL *u2, const REAL *u3,
+                                   const int64_t *receiver, const int64_t *ptr,
+                                   const int64_t *perm, REAL *d_hg, REAL *d_wn, REAL *d_r,
+                                   REAL *d_sh, int64_t begin, int64_t end)
+{
+    const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3];
+    const int k2 = (int)dims[4], pp = (int)dims[5];
+    const int has_wn = wn != NULL;
+    if (n1 > MAXL || n2 > MAXL) return 2;
+    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * 3 * n2 + 64);
+    if (yg == NULL) return 1;
+    REAL *yu = yg + n2 * pp, *d_yg = d_sh ? yu + n2 * pp : NULL;
+    const int64_t node_stride = (int64_t)channels * n1 * pp;
+    for (int64_t n = begin; n < end; ++n) {
+        const REAL *hn = hg + n * node_stride, *un = u0 + n * node_stride;
+        REAL *dh = d_hg ? d_hg + n * node_stride : NULL;
+        if (dh) for (int64_t d = 0; d < node_stride; ++d) dh[d] = 0;
+        for (int64_t q = ptr[n]; q < ptr[n + 1]; ++q) {
+            const int64_t e = perm[q];
+            const REAL *ge = g + receiver[e] * channels * pp;
+            const REAL *we = has_wn ? wn + e * st[0] : NULL, *ve = has_wn ? u1 + e * st[5] : NULL;
+            const REAL *re = r + e * st[2], *qe = u2 + e * st[7];
+            REAL *dwe = d_wn ? d_wn + e * channels * n1 : NULL;
+            REAL *dre = d_r ? d_r + e * channels * n2 : NULL;
+            FN(filter_grid)(sh + e * st[4], ysh, n2, pp, yg);
+            FN(filter_grid)(u3 + e * st[9], ysh, n2, pp, yu);
+            if (d_yg) for (int d = 0; d < n2 * pp; ++d) d_yg[d] = 0;
+#define SEND(A, B, H)                                                                          \
+    FN(send_edge_double)(hn, un, dh, we, ve, re, qe, st, yg, yu, d_yg, ge, dwe, dre, channels, \
+                         A, B, pp, H)
+            SPECIALISE(SEND)
+#undef SEND
+            if (d_sh) {
+                REAL *ds = d_sh + e * k2;
+                for (int l = 0; l < n2; ++l)
+                    for (int k = l * l; k < (l + 1) * (l + 1); ++k)
+                        ds[k] = FN(dot)(ysh + (int64_t)k * pp, d_yg + l * pp, pp);
+            }
+        }
+    }
+    free(yg);
+    return 0;
+}
+
+/* dS/dG [N][C][pp] for the receiving nodes in [begin, end), like conv_receivers. */
+static int FN(conv_double_receivers)(const int64_t *dims, const int64_t *st, const REAL *hg,
+                                     const REAL *wn, const REAL *r, const REAL *sh,
+                                     const REAL *ysh, const REAL *u0, const REAL *u1,
+                                     const REAL *u2, const REAL *u3, const int64_t *sender,
+                                     const int64_t *ptr, const int64_t *perm, REAL *z,
+                                     int64_t begin, int64_t end)
+{
+    const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3], pp = (int)dims[5];
+    const int has_wn = wn != NULL;
+    if (n1 > MAXL || n2 > MAXL) return 2;
+    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * 2 * n2 + 64);
+    if (yg == NULL) return 1;
+    REAL *yu = yg + n2 * pp;
+    const int64_t node_stride = (int64_t)channels * n1 * pp;
+    for (int64_t i = begin; i < end; ++i) {
+        REAL *restrict zi = z + i * channels * pp;
+        for (int64_t d = 0; d < (int64_t)channels * pp; ++d) zi[d] = 0;
+        for (int64_t q = ptr[i]; q < ptr[i + 1]; ++q) {
+            const int64_t e = perm[q];
+            const REAL *hs = hg + sender[e] * node_stride, *us = u0 + sender[e] * node_stride;
+            const REAL *we = has_wn ? wn + e * st[0] : NULL, *ve = has_wn ? u1 + e * st[5] : NULL;
+            const REAL *re = r + e * st[2], *qe = u2 + e * st[7];
+            FN(filter_grid)(sh + e * st[4], ysh, n2, pp, yg);
+            FN(filter_grid)(u3 + e * st[9], ysh, n2, pp, yu);
+#define RECEIVE(A, B, H) \
+    FN(receive_edge_double)(hs, us, we, ve, re, qe, st, yg, yu, zi, channels, A, B, pp, H)
+            SPECIALISE(RECEIVE)
+#undef RECEIVE
+        }
+    }
+    free(yg);
+    return 0;
+}
+
 #undef SPECIALISE
 
 /* Gaunt powers of the many-body product, for nodes [begin, end): per node and channel,

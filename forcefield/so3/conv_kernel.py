@@ -25,6 +25,8 @@ _INT = ctypes.c_int64
 _RECEIVERS_ARGS = [_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER] * 5 + [_INT] * 2
 _SENDERS_ARGS = ([_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER] * 9
                  + [_INT] * 2)
+_DOUBLE_SENDERS_ARGS = [_POINTER] * 19 + [_INT] * 2
+_DOUBLE_RECEIVERS_ARGS = [_POINTER] * 15 + [_INT] * 2
 
 
 @cache
@@ -33,7 +35,9 @@ def _library() -> ctypes.CDLL | None:
     if library is None:
         return None
     for dtype in ("f32", "f64"):
-        for name, argtypes in (("receivers", _RECEIVERS_ARGS), ("senders", _SENDERS_ARGS)):
+        for name, argtypes in (("receivers", _RECEIVERS_ARGS), ("senders", _SENDERS_ARGS),
+                               ("double_senders", _DOUBLE_SENDERS_ARGS),
+                               ("double_receivers", _DOUBLE_RECEIVERS_ARGS)):
             function = getattr(library, f"gaunt_conv_{name}_{dtype}")
             function.restype = ctypes.c_int
             function.argtypes = argtypes
@@ -178,6 +182,68 @@ def senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor, g
          ysh.data_ptr(), g.data_ptr(), index.receiver.data_ptr(), index.send_ptr.data_ptr(),
          index.send_perm.data_ptr(), *(_pointer(o) for o in outputs))
     return outputs
+
+
+def _double_strides(wn: Tensor | None, r: Tensor, sh: Tensor, u1: Tensor | None, u2: Tensor,
+                    u3: Tensor) -> ctypes.Array:
+    return (_INT * 10)(*_strides(wn), *_strides(r), sh.stride(0), *_strides(u1), *_strides(u2),
+                       u3.stride(0))
+
+
+def double_senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor,
+                   g: Tensor, u: tuple[Tensor, Tensor | None, Tensor, Tensor],
+                   index: EdgeIndex, want: tuple[bool, bool, bool, bool]
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """The backward of ``senders``' four partials in one pass: with ``u`` = (u0, u1, u2, u3)
+    the incoming gradients of (dT/dhg, dT/dwn, dT/dr, dT/dsh) (u1 None exactly when wn is),
+    the partials of S = sum_k <u_k, dT/d(argument k)> with respect to (hg, wn, r, sh), those
+    flagged in ``want``; shapes as ``senders``."""
+    hg, wn, r, sh, g = hg.contiguous(), _rows(wn), _rows(r), _rows(sh), g.contiguous()
+    u0, u1, u2, u3 = u[0].contiguous(), _rows(u[1]), _rows(u[2]), _rows(u[3])
+    n, c, n1, pp = hg.shape
+    n2 = int(round(ysh.shape[0] ** 0.5))
+    e = sh.shape[0]
+    options = dict(dtype=hg.dtype)
+    outputs = (
+        torch.empty(n, c, n1, pp, **options) if want[0] else None,
+        torch.empty(e, c, n1, **options) if want[1] and wn is not None else None,
+        torch.empty(e, c, n2, **options) if want[2] else None,
+        torch.empty(e, n2 * n2, **options) if want[3] else None,
+    )
+    if n * c == 0 or not any(o is not None for o in outputs):
+        return outputs
+    library = _library()
+    function = (library.gaunt_conv_double_senders_f32 if hg.dtype == torch.float32
+                else library.gaunt_conv_double_senders_f64)
+    _run(function, _node_ranges(index.send_ptr), _dims(hg, n2),
+         _double_strides(wn, r, sh, u1, u2, u3), hg.data_ptr(), _pointer(wn), r.data_ptr(),
+         sh.data_ptr(), ysh.data_ptr(), g.data_ptr(), u0.data_ptr(), _pointer(u1),
+         u2.data_ptr(), u3.data_ptr(), index.receiver.data_ptr(), index.send_ptr.data_ptr(),
+         index.send_perm.data_ptr(), *(_pointer(o) for o in outputs))
+    return outputs
+
+
+def double_receivers(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor,
+                     u: tuple[Tensor, Tensor | None, Tensor, Tensor], index: EdgeIndex
+                     ) -> Tensor:
+    """dS/dg [N, C, pp] for S as in ``double_senders``: per receiving node, the sum over its
+    incoming edges of X' Yv + X Yv' (``_conv_kernel_body.h``)."""
+    hg, wn, r, sh = hg.contiguous(), _rows(wn), _rows(r), _rows(sh)
+    u0, u1, u2, u3 = u[0].contiguous(), _rows(u[1]), _rows(u[2]), _rows(u[3])
+    n, c, _, pp = hg.shape
+    n2 = int(round(ysh.shape[0] ** 0.5))
+    z = torch.empty(n, c, pp, dtype=hg.dtype)
+    if z.numel() == 0:
+        return z
+    library = _library()
+    function = (library.gaunt_conv_double_receivers_f32 if hg.dtype == torch.float32
+                else library.gaunt_conv_double_receivers_f64)
+    _run(function, _node_ranges(index.recv_ptr), _dims(hg, n2),
+         _double_strides(wn, r, sh, u1, u2, u3), hg.data_ptr(), _pointer(wn), r.data_ptr(),
+         sh.data_ptr(), ysh.data_ptr(), u0.data_ptr(), _pointer(u1), u2.data_ptr(),
+         u3.data_ptr(), index.sender.data_ptr(), index.recv_ptr.data_ptr(),
+         index.recv_perm.data_ptr(), z.data_ptr())
+    return z
 
 
 _POWERS_FORWARD_ARGS = [_POINTER] * 6 + [_INT] * 2

@@ -14,7 +14,10 @@ kernels (``conv_kernel``) never write a per-edge grid tensor.  Because Z is line
 of (hg, wn, r, sh), the scalar ``T = sum g * Z`` is multilinear in (hg, wn, r, sh, g) and
 every derivative of every order is a partial of T with one argument replaced by an
 incoming gradient: ``ConvPartials`` computes such partials, and its backward is made of
-``ConvPartials`` again (double backward for force training).
+``ConvPartials`` again (double backward for force training).  A plain backward of the
+partials (the loss of force training, not differentiated further) sums the substitutions
+of all arguments in one pass of two kernels (``conv_kernel.double_senders`` and
+``double_receivers``) instead of one pass per argument.
 
 The first layer (L1 = 0) uses the same kernels in coefficient space: the grid is replaced
 by the (l2, m) coefficients (``ysh`` the identity) and ``hg`` is h repeated.
@@ -91,17 +94,17 @@ class ConvPartials(torch.autograd.Function):
         want = tuple(j in which for j in range(4))
         if any(want):
             partials = conv_kernel.senders(hg, wn, r, sh, ysh, g, index, want)
-            for j, argument in enumerate((hg, wn, r, sh)):
-                if want[j]:  # zeros for the degrees the kernel does not read (first layer)
-                    extra = argument.shape[-1] - partials[j].shape[-1]
-                    results[j] = torch.nn.functional.pad(partials[j], (0, extra)) if extra \
-                        else partials[j]
+            results.update(_padded_partials(partials, (hg, wn, r, sh), want))
         return tuple(results[j] for j in which)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):
         args = list(ctx.saved_tensors)
         needs = ctx.needs_input_grad[3:]
+        if 4 not in ctx.which and not torch.is_grad_enabled():
+            # the backward of the partials (training on forces), not differentiated further:
+            # every substituted argument in one pass of two fused kernels
+            return (None, None, None, *_partials_backward(ctx, args, needs, grads))
         total: list[Tensor | None] = [None] * 5
         for k, grad in zip(ctx.which, grads, strict=True):
             if grad is None:
@@ -116,6 +119,42 @@ class ConvPartials(torch.autograd.Function):
             for j, out in zip(targets, outputs, strict=True):
                 total[j] = out if total[j] is None else total[j] + out
         return (None, None, None, *total)
+
+
+def _padded_partials(partials, arguments, want) -> dict[int, Tensor]:
+    """The kernel's partials by argument number, with zeros for the degrees the kernel does
+    not read (first layer: sh and r beyond the output degree)."""
+    results = {}
+    for j, argument in enumerate(arguments):
+        if want[j] and partials[j] is not None:
+            extra = argument.shape[-1] - partials[j].shape[-1]
+            results[j] = torch.nn.functional.pad(partials[j], (0, extra)) if extra \
+                else partials[j]
+    return results
+
+
+def _partials_backward(ctx, args: list, needs: tuple[bool, ...],
+                       grads: tuple[Tensor | None, ...]) -> list[Tensor | None]:
+    """Gradients of S = sum_k <u_k, dT/d(argument k)> (u_k the incoming gradient of the
+    partial k, zero where it was not asked for or got none) with respect to hg, wn, r, sh
+    and g, from ``conv_kernel.double_senders`` and ``double_receivers``."""
+    hg, wn, r, sh, g = args
+    u: list[Tensor | None] = [None] * 4
+    for k, grad in zip(ctx.which, grads, strict=True):
+        u[k] = grad
+    u0, u1, u2, u3 = (torch.zeros_like(a) if a is not None and uk is None else uk
+                      for a, uk in zip((hg, wn, r, sh), u, strict=True))
+    want = tuple(needs[j] and args[j] is not None for j in range(4))
+    total: list[Tensor | None] = [None] * 5
+    if any(want):
+        partials = conv_kernel.double_senders(hg, wn, r, sh, ctx.ysh, g, (u0, u1, u2, u3),
+                                              ctx.index, want)
+        for j, value in _padded_partials(partials, (hg, wn, r, sh), want).items():
+            total[j] = value
+    if needs[4]:
+        total[4] = conv_kernel.double_receivers(hg, wn, r, sh, ctx.ysh, (u0, u1, u2, u3),
+                                                ctx.index)
+    return total
 
 
 _cache: list = []
