@@ -285,8 +285,8 @@ INLINE void FN(send_edge_double)(const REAL *restrict hn, const REAL *restrict u
         REAL *dc = dh ? dh + (int64_t)c * n1 * pp : NULL;
         DOUBLE_WEIGHTS
         VW acc_w[MAXL], acc_r[MAXL];
-        for (int l = 0; l < n1; ++l) acc_w[l] = LOAD(gc) * (REAL)0;
-        for (int l = 0; l < n2; ++l) acc_r[l] = LOAD(gc) * (REAL)0;
+        for (int l = 0; l < n1; ++l) acc_w[l] = VZERO;
+        for (int l = 0; l < n2; ++l) acc_r[l] = VZERO;
         for (int p = 0; p < pp; p += W) {
             DOUBLE_CHUNK(p)
             const VW gv = LOAD(gc + p);
