@@ -47,6 +47,13 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* Scratch of at least `bytes`, 64-byte aligned: aligned_alloc wants a size that is a multiple
+ * of the alignment (C11), so the size is rounded up.  NULL when out of memory. */
+static void *scratch_alloc(size_t bytes)
+{
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
 /* the baseline build returns 32-byte vectors from inlined helpers only: no ABI concern */
 #pragma GCC diagnostic ignored "-Wpsabi"
 

@@ -162,7 +162,7 @@ static int FN(conv_receivers)(const int64_t *dims, const REAL *hg, const REAL *w
     const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3], pp = (int)dims[5];
     const int has_wn = wn != NULL;
     if (n1 > MAXL || n2 > MAXL) return 2;
-    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * n2 + 64);
+    REAL *yg = (REAL *)scratch_alloc(sizeof(REAL) * (size_t)pp * n2);
     if (yg == NULL) return 1;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
     for (int64_t i = begin; i < end; ++i) {
@@ -198,7 +198,7 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
     const int k2 = (int)dims[4], pp = (int)dims[5];
     const int has_wn = wn != NULL;
     if (n1 > MAXL || n2 > MAXL) return 2;
-    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * 2 * n2 + 64);
+    REAL *yg = (REAL *)scratch_alloc(sizeof(REAL) * (size_t)pp * 2 * n2);
     if (yg == NULL) return 1;
     REAL *d_yg = d_sh ? yg + n2 * pp : NULL;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
@@ -343,7 +343,7 @@ static int FN(conv_double_senders)(const int64_t *dims, const int64_t *st, const
     const int k2 = (int)dims[4], pp = (int)dims[5];
     const int has_wn = wn != NULL;
     if (n1 > MAXL || n2 > MAXL) return 2;
-    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * 3 * n2 + 64);
+    REAL *yg = (REAL *)scratch_alloc(sizeof(REAL) * (size_t)pp * 3 * n2);
     if (yg == NULL) return 1;
     REAL *yu = yg + n2 * pp, *d_yg = d_sh ? yu + n2 * pp : NULL;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
@@ -389,7 +389,7 @@ static int FN(conv_double_receivers)(const int64_t *dims, const int64_t *st, con
     const int channels = (int)dims[1], n1 = (int)dims[2], n2 = (int)dims[3], pp = (int)dims[5];
     const int has_wn = wn != NULL;
     if (n1 > MAXL || n2 > MAXL) return 2;
-    REAL *yg = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * 2 * n2 + 64);
+    REAL *yg = (REAL *)scratch_alloc(sizeof(REAL) * (size_t)pp * 2 * n2);
     if (yg == NULL) return 1;
     REAL *yu = yg + n2 * pp;
     const int64_t node_stride = (int64_t)channels * n1 * pp;
@@ -440,7 +440,7 @@ static int FN(powers_forward)(const int64_t *dims, const REAL *a, const REAL *w,
 {
     const int channels = (int)dims[1], k1 = (int)dims[2], n1 = (int)dims[3];
     const int n_nu = (int)dims[4], nu0 = (int)dims[5], pp = (int)dims[6], ko = (int)dims[7];
-    REAL *ag = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (n1 + 1) + 64);
+    REAL *ag = (REAL *)scratch_alloc(sizeof(REAL) * (size_t)pp * (n1 + 1));
     if (ag == NULL) return 1;
     REAL *v = ag + n1 * pp;
     for (int64_t n = begin; n < end; ++n) {
@@ -467,7 +467,7 @@ static int FN(powers_backward)(const int64_t *dims, const REAL *a, const REAL *w
 {
     const int channels = (int)dims[1], k1 = (int)dims[2], n1 = (int)dims[3];
     const int n_nu = (int)dims[4], nu0 = (int)dims[5], pp = (int)dims[6], ko = (int)dims[7];
-    REAL *ag = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (2 * n1 + 1) + 64);
+    REAL *ag = (REAL *)scratch_alloc(sizeof(REAL) * (size_t)pp * (2 * n1 + 1));
     if (ag == NULL) return 1;
     REAL *d_ag = ag + n1 * pp, *t = d_ag + n1 * pp;
     for (int64_t n = begin; n < end; ++n) {
@@ -522,7 +522,7 @@ static int FN(powers_double)(const int64_t *dims, const REAL *a, const REAL *w, 
 {
     const int channels = (int)dims[1], k1 = (int)dims[2], n1 = (int)dims[3];
     const int n_nu = (int)dims[4], nu0 = (int)dims[5], pp = (int)dims[6], ko = (int)dims[7];
-    REAL *ag = (REAL *)aligned_alloc(64, sizeof(REAL) * (size_t)pp * (3 * n1 + 3) + 64);
+    REAL *ag = (REAL *)scratch_alloc(sizeof(REAL) * (size_t)pp * (3 * n1 + 3));
     if (ag == NULL) return 1;
     REAL *ug = ag + n1 * pp, *d_ag = ug + n1 * pp, *s = d_ag + n1 * pp, *t = s + pp, *m = t + pp;
     for (int64_t n = begin; n < end; ++n) {
