@@ -35,3 +35,14 @@ def tiny_model(seed: int = 0, perturb: float = 0.05) -> torch.nn.Module:
             for p in model.parameters():
                 p.add_(perturb * torch.randn_like(p))
     return model.eval()
+
+
+def followed_by_nan(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A contiguous copy of ``x`` whose storage continues with NaN: what a kernel that reads
+    past the end of its argument would see (such reads find NaN only sometimes in real runs:
+    freed memory)."""
+    if x is None:
+        return None
+    buffer = torch.full((x.numel() + 64,), float("nan"), dtype=x.dtype)
+    buffer[: x.numel()] = x.reshape(-1)
+    return buffer[: x.numel()].view(x.shape)

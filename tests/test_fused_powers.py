@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
+from helpers import followed_by_nan
 
 from forcefield import so3
 from forcefield.nn.gaunt_blocks import GauntManyBodyProduct
@@ -107,14 +107,6 @@ def test_many_body_product_kernel_equals_torch_route(lmax_out: int) -> None:
         torch.testing.assert_close(x, y, atol=1e-12 * max(1.0, float(y.abs().max())), rtol=0)
 
 
-def _followed_by_nan(x: Tensor) -> Tensor:
-    """A contiguous copy of ``x`` whose storage continues with NaN (what a kernel that reads
-    past the end of its argument would see)."""
-    buffer = torch.full((x.numel() + 64,), float("nan"), dtype=x.dtype)
-    buffer[: x.numel()] = x.reshape(-1)
-    return buffer[: x.numel()].view(x.shape)
-
-
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_kernels_read_nothing_past_their_arguments(dtype) -> None:
@@ -127,13 +119,13 @@ def test_kernels_read_nothing_past_their_arguments(dtype) -> None:
     g, u, vw = torch.randn(3, 2, 2, 1, dtype=dtype), torch.randn_like(a), torch.randn_like(w)
     args = (tables["y"], tables["proj"], 2)
     clean = conv_kernel.powers_double(a, w, *args, g, u, vw, (True, True, True))
-    dirty = conv_kernel.powers_double(*(_followed_by_nan(x) for x in (a, w)), *args,
-                                      _followed_by_nan(g), _followed_by_nan(u),
-                                      _followed_by_nan(vw), (True, True, True))
+    dirty = conv_kernel.powers_double(*(followed_by_nan(x) for x in (a, w)), *args,
+                                      followed_by_nan(g), followed_by_nan(u),
+                                      followed_by_nan(vw), (True, True, True))
     for x, y in zip(clean, dirty, strict=True):
         assert torch.isfinite(x).all()
         assert torch.equal(x, y)
     backward = [conv_kernel.powers_backward(*inputs, *args, grad, (True, True))
-                for inputs, grad in (((a, w), g), ((_followed_by_nan(a), _followed_by_nan(w)),
-                                                   _followed_by_nan(g)))]
+                for inputs, grad in (((a, w), g), ((followed_by_nan(a), followed_by_nan(w)),
+                                                   followed_by_nan(g)))]
     assert all(torch.equal(x, y) for x, y in zip(*backward, strict=True))
