@@ -38,6 +38,16 @@ INLINE REAL FN(dot)(const REAL *restrict a, const REAL *restrict b, int pp)
     return (t[0] + t[2]) + (t[1] + t[3]);
 }
 
+/* ds[l m] = sum_p ysh[l m][p] d_yg[l][p]: the partial for the edge harmonics from the
+ * partial for the filter's per-degree grid values (the transpose of filter_grid) */
+INLINE void FN(sh_partial)(const REAL *restrict ysh, const REAL *restrict d_yg, int n2,
+                           int pp, REAL *restrict ds)
+{
+    for (int l = 0; l < n2; ++l)
+        for (int k = l * l; k < (l + 1) * (l + 1); ++k)
+            ds[k] = FN(dot)(ysh + (int64_t)k * pp, d_yg + l * pp, pp);
+}
+
 /* X on one chunk: sum_l1 wn[l1] hg[l1][p] (hg[0][p] without node weights) */
 INLINE VW FN(chunk_x)(const REAL *restrict hg, const REAL *restrict wn, int n1, int pp)
 {
@@ -220,12 +230,7 @@ static int FN(conv_senders)(const int64_t *dims, const REAL *hg, const REAL *wn,
                   A, B, pp, H)
             SPECIALISE(SEND)
 #undef SEND
-            if (d_sh) {
-                REAL *ds = d_sh + e * k2;
-                for (int l = 0; l < n2; ++l)
-                    for (int k = l * l; k < (l + 1) * (l + 1); ++k)
-                        ds[k] = FN(dot)(ysh + (int64_t)k * pp, d_yg + l * pp, pp);
-            }
+            if (d_sh) FN(sh_partial)(ysh, d_yg, n2, pp, d_sh + e * k2);
         }
     }
     free(yg);
@@ -366,12 +371,7 @@ static int FN(conv_double_senders)(const int64_t *dims, const int64_t *st, const
                          A, B, pp, H)
             SPECIALISE(SEND)
 #undef SEND
-            if (d_sh) {
-                REAL *ds = d_sh + e * k2;
-                for (int l = 0; l < n2; ++l)
-                    for (int k = l * l; k < (l + 1) * (l + 1); ++k)
-                        ds[k] = FN(dot)(ysh + (int64_t)k * pp, d_yg + l * pp, pp);
-            }
+            if (d_sh) FN(sh_partial)(ysh, d_yg, n2, pp, d_sh + e * k2);
         }
     }
     free(yg);

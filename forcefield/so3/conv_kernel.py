@@ -135,6 +135,24 @@ def _dims(hg: Tensor, n2: int) -> ctypes.Array:
     return (_INT * 6)(n, c, n1, n2, n2 * n2, pp)
 
 
+def _conv_function(name: str, dtype: torch.dtype):
+    """The kernel ``gaunt_conv_<name>`` for ``dtype`` (argument types set by ``_library``)."""
+    return getattr(_library(), f"gaunt_conv_{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+
+
+def _sender_outputs(hg: Tensor, wn: Tensor | None, sh: Tensor, n2: int,
+                    want: tuple[bool, bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """Uninitialised outputs of the sender kernels (every element is written by them):
+    [N, C, n1, pp], [E, C, n1] (only with node weights), [E, C, n2], [E, n2^2]."""
+    n, c, n1, pp = hg.shape
+    e = sh.shape[0]
+    options = dict(dtype=hg.dtype)
+    return (torch.empty(n, c, n1, pp, **options) if want[0] else None,
+            torch.empty(e, c, n1, **options) if want[1] and wn is not None else None,
+            torch.empty(e, c, n2, **options) if want[2] else None,
+            torch.empty(e, n2 * n2, **options) if want[3] else None)
+
+
 def receivers(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor,
               index: EdgeIndex) -> Tensor:
     """Z [N, C, pp]: per receiving node, the sum over incoming edges of X * Yv on the grid
@@ -146,9 +164,7 @@ def receivers(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor,
     z = torch.empty(n, c, pp, dtype=hg.dtype)
     if z.numel() == 0:
         return z
-    library = _library()
-    function = (library.gaunt_conv_receivers_f32 if hg.dtype == torch.float32
-                else library.gaunt_conv_receivers_f64)
+    function = _conv_function("receivers", hg.dtype)
     _run(function, _node_ranges(index.recv_ptr), _dims(hg, n2), hg.data_ptr(),
          _pointer(wn), _strides(wn), r.data_ptr(), _strides(r), sh.data_ptr(), sh.stride(0),
          ysh.data_ptr(), index.sender.data_ptr(), index.recv_ptr.data_ptr(),
@@ -162,21 +178,12 @@ def senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor, g
     """Partials of sum(g * Z) with respect to (hg, wn, r, sh), those flagged in ``want``:
     [N, C, n1, pp], [E, C, n1], [E, C, n2], [E, n2^2]."""
     hg, wn, r, sh, g = hg.contiguous(), _rows(wn), _rows(r), _rows(sh), g.contiguous()
-    n, c, n1, pp = hg.shape
+    n, c = hg.shape[:2]
     n2 = int(round(ysh.shape[0] ** 0.5))
-    e = sh.shape[0]
-    options = dict(dtype=hg.dtype)
-    outputs = (
-        torch.empty(n, c, n1, pp, **options) if want[0] else None,
-        torch.empty(e, c, n1, **options) if want[1] and wn is not None else None,
-        torch.empty(e, c, n2, **options) if want[2] else None,
-        torch.empty(e, n2 * n2, **options) if want[3] else None,
-    )
+    outputs = _sender_outputs(hg, wn, sh, n2, want)
     if n * c == 0 or not any(o is not None for o in outputs):
         return outputs
-    library = _library()
-    function = (library.gaunt_conv_senders_f32 if hg.dtype == torch.float32
-                else library.gaunt_conv_senders_f64)
+    function = _conv_function("senders", hg.dtype)
     _run(function, _node_ranges(index.send_ptr), _dims(hg, n2), hg.data_ptr(),
          _pointer(wn), _strides(wn), r.data_ptr(), _strides(r), sh.data_ptr(), sh.stride(0),
          ysh.data_ptr(), g.data_ptr(), index.receiver.data_ptr(), index.send_ptr.data_ptr(),
@@ -200,21 +207,12 @@ def double_senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Te
     flagged in ``want``; shapes as ``senders``."""
     hg, wn, r, sh, g = hg.contiguous(), _rows(wn), _rows(r), _rows(sh), g.contiguous()
     u0, u1, u2, u3 = u[0].contiguous(), _rows(u[1]), _rows(u[2]), _rows(u[3])
-    n, c, n1, pp = hg.shape
+    n, c = hg.shape[:2]
     n2 = int(round(ysh.shape[0] ** 0.5))
-    e = sh.shape[0]
-    options = dict(dtype=hg.dtype)
-    outputs = (
-        torch.empty(n, c, n1, pp, **options) if want[0] else None,
-        torch.empty(e, c, n1, **options) if want[1] and wn is not None else None,
-        torch.empty(e, c, n2, **options) if want[2] else None,
-        torch.empty(e, n2 * n2, **options) if want[3] else None,
-    )
+    outputs = _sender_outputs(hg, wn, sh, n2, want)
     if n * c == 0 or not any(o is not None for o in outputs):
         return outputs
-    library = _library()
-    function = (library.gaunt_conv_double_senders_f32 if hg.dtype == torch.float32
-                else library.gaunt_conv_double_senders_f64)
+    function = _conv_function("double_senders", hg.dtype)
     _run(function, _node_ranges(index.send_ptr), _dims(hg, n2),
          _double_strides(wn, r, sh, u1, u2, u3), hg.data_ptr(), _pointer(wn), r.data_ptr(),
          sh.data_ptr(), ysh.data_ptr(), g.data_ptr(), u0.data_ptr(), _pointer(u1),
@@ -235,9 +233,7 @@ def double_receivers(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: 
     z = torch.empty(n, c, pp, dtype=hg.dtype)
     if z.numel() == 0:
         return z
-    library = _library()
-    function = (library.gaunt_conv_double_receivers_f32 if hg.dtype == torch.float32
-                else library.gaunt_conv_double_receivers_f64)
+    function = _conv_function("double_receivers", hg.dtype)
     _run(function, _node_ranges(index.recv_ptr), _dims(hg, n2),
          _double_strides(wn, r, sh, u1, u2, u3), hg.data_ptr(), _pointer(wn), r.data_ptr(),
          sh.data_ptr(), ysh.data_ptr(), u0.data_ptr(), _pointer(u1), u2.data_ptr(),
