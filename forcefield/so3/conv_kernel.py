@@ -22,11 +22,18 @@ _MIN_EDGES_PER_THREAD = 256
 MAX_DEGREE = 7  # per operand of the convolution kernels (MAXL in _conv_kernel_body.h)
 _POINTER = ctypes.c_void_p
 _INT = ctypes.c_int64
-_RECEIVERS_ARGS = [_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER] * 5 + [_INT] * 2
-_SENDERS_ARGS = ([_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER] * 9
-                 + [_INT] * 2)
-_DOUBLE_SENDERS_ARGS = [_POINTER] * 19 + [_INT] * 2
-_DOUBLE_RECEIVERS_ARGS = [_POINTER] * 15 + [_INT] * 2
+#: argument types of every kernel ``gaunt_<name>_{f32,f64}`` in _conv_kernel.c
+_ARGTYPES = {
+    "conv_receivers": [_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER] * 5
+    + [_INT] * 2,
+    "conv_senders": [_POINTER] * 4 + [_POINTER] * 2 + [_POINTER, _INT] + [_POINTER] * 9
+    + [_INT] * 2,
+    "conv_double_senders": [_POINTER] * 19 + [_INT] * 2,
+    "conv_double_receivers": [_POINTER] * 15 + [_INT] * 2,
+    "powers_forward": [_POINTER] * 6 + [_INT] * 2,
+    "powers_backward": [_POINTER] * 8 + [_INT] * 2,
+    "powers_double": [_POINTER] * 11 + [_INT] * 2,
+}
 
 
 @cache
@@ -35,10 +42,8 @@ def _library() -> ctypes.CDLL | None:
     if library is None:
         return None
     for dtype in ("f32", "f64"):
-        for name, argtypes in (("receivers", _RECEIVERS_ARGS), ("senders", _SENDERS_ARGS),
-                               ("double_senders", _DOUBLE_SENDERS_ARGS),
-                               ("double_receivers", _DOUBLE_RECEIVERS_ARGS)):
-            function = getattr(library, f"gaunt_conv_{name}_{dtype}")
+        for name, argtypes in _ARGTYPES.items():
+            function = getattr(library, f"gaunt_{name}_{dtype}")
             function.restype = ctypes.c_int
             function.argtypes = argtypes
     return library
@@ -135,9 +140,9 @@ def _dims(hg: Tensor, n2: int) -> ctypes.Array:
     return (_INT * 6)(n, c, n1, n2, n2 * n2, pp)
 
 
-def _conv_function(name: str, dtype: torch.dtype):
-    """The kernel ``gaunt_conv_<name>`` for ``dtype`` (argument types set by ``_library``)."""
-    return getattr(_library(), f"gaunt_conv_{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+def _function(name: str, dtype: torch.dtype):
+    """The kernel ``gaunt_<name>`` for ``dtype`` (argument types set by ``_library``)."""
+    return getattr(_library(), f"gaunt_{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
 
 def _sender_outputs(hg: Tensor, wn: Tensor | None, sh: Tensor, n2: int,
@@ -164,7 +169,7 @@ def receivers(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor,
     z = torch.empty(n, c, pp, dtype=hg.dtype)
     if z.numel() == 0:
         return z
-    function = _conv_function("receivers", hg.dtype)
+    function = _function("conv_receivers", hg.dtype)
     _run(function, _node_ranges(index.recv_ptr), _dims(hg, n2), hg.data_ptr(),
          _pointer(wn), _strides(wn), r.data_ptr(), _strides(r), sh.data_ptr(), sh.stride(0),
          ysh.data_ptr(), index.sender.data_ptr(), index.recv_ptr.data_ptr(),
@@ -183,7 +188,7 @@ def senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor, g
     outputs = _sender_outputs(hg, wn, sh, n2, want)
     if n * c == 0 or not any(o is not None for o in outputs):
         return outputs
-    function = _conv_function("senders", hg.dtype)
+    function = _function("conv_senders", hg.dtype)
     _run(function, _node_ranges(index.send_ptr), _dims(hg, n2), hg.data_ptr(),
          _pointer(wn), _strides(wn), r.data_ptr(), _strides(r), sh.data_ptr(), sh.stride(0),
          ysh.data_ptr(), g.data_ptr(), index.receiver.data_ptr(), index.send_ptr.data_ptr(),
@@ -212,7 +217,7 @@ def double_senders(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Te
     outputs = _sender_outputs(hg, wn, sh, n2, want)
     if n * c == 0 or not any(o is not None for o in outputs):
         return outputs
-    function = _conv_function("double_senders", hg.dtype)
+    function = _function("conv_double_senders", hg.dtype)
     _run(function, _node_ranges(index.send_ptr), _dims(hg, n2),
          _double_strides(wn, r, sh, u1, u2, u3), hg.data_ptr(), _pointer(wn), r.data_ptr(),
          sh.data_ptr(), ysh.data_ptr(), g.data_ptr(), u0.data_ptr(), _pointer(u1),
@@ -233,28 +238,13 @@ def double_receivers(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: 
     z = torch.empty(n, c, pp, dtype=hg.dtype)
     if z.numel() == 0:
         return z
-    function = _conv_function("double_receivers", hg.dtype)
+    function = _function("conv_double_receivers", hg.dtype)
     _run(function, _node_ranges(index.recv_ptr), _dims(hg, n2),
          _double_strides(wn, r, sh, u1, u2, u3), hg.data_ptr(), _pointer(wn), r.data_ptr(),
          sh.data_ptr(), ysh.data_ptr(), u0.data_ptr(), _pointer(u1), u2.data_ptr(),
          u3.data_ptr(), index.sender.data_ptr(), index.recv_ptr.data_ptr(),
          index.recv_perm.data_ptr(), z.data_ptr())
     return z
-
-
-_POWERS_FORWARD_ARGS = [_POINTER] * 6 + [_INT] * 2
-_POWERS_BACKWARD_ARGS = [_POINTER] * 8 + [_INT] * 2
-_POWERS_DOUBLE_ARGS = [_POINTER] * 11 + [_INT] * 2
-
-
-def _powers_function(name: str, dtype: torch.dtype):
-    library = _library()
-    function = getattr(library, f"gaunt_powers_{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-    if function.argtypes is None:
-        function.restype = ctypes.c_int
-        function.argtypes = {"forward": _POWERS_FORWARD_ARGS, "backward": _POWERS_BACKWARD_ARGS,
-                             "double": _POWERS_DOUBLE_ARGS}[name]
-    return function
 
 
 _MIN_ROWS_PER_THREAD = 2048  # (node, channel) rows of the powers kernels
@@ -281,7 +271,7 @@ def powers_forward(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int) -> T
     q = torch.empty(a.shape[0], w.shape[1], a.shape[1], proj.shape[0], dtype=a.dtype)
     if q.numel() == 0:
         return q
-    _run(_powers_function("forward", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
+    _run(_function("powers_forward", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
          _powers_dims(a, w, y, proj, nu0), a.data_ptr(), w.data_ptr(), y.data_ptr(),
          proj.data_ptr(), q.data_ptr())
     return q
@@ -296,7 +286,7 @@ def powers_backward(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int, g: 
     if a.numel() == 0 or w.numel() == 0 or (da is None and dw is None):
         return (torch.zeros_like(a) if want[0] else None,
                 torch.zeros_like(w) if want[1] else None)
-    _run(_powers_function("backward", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
+    _run(_function("powers_backward", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
          _powers_dims(a, w, y, proj, nu0), a.data_ptr(), w.data_ptr(), y.data_ptr(),
          proj.data_ptr(), g.data_ptr(), _pointer(da), _pointer(dw))
     return da, dw
@@ -314,7 +304,7 @@ def powers_double(a: Tensor, w: Tensor, y: Tensor, proj: Tensor, nu0: int, g: Te
                torch.empty_like(g) if want[2] else None)
     if a.numel() == 0 or w.numel() == 0:
         return tuple(None if o is None else o.zero_() for o in outputs)
-    _run(_powers_function("double", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
+    _run(_function("powers_double", a.dtype), _even_ranges(a.shape[0], a.shape[1]),
          _powers_dims(a, w, y, proj, nu0), a.data_ptr(), w.data_ptr(), y.data_ptr(),
          proj.data_ptr(), g.data_ptr(), _pointer(u), _pointer(vw), *(_pointer(o) for o in outputs))
     return outputs
