@@ -114,18 +114,18 @@ def test_kernels_read_nothing_past_their_arguments(dtype) -> None:
     the double backward once built its zero vector from a load of 4 or 8 of them, reading
     past the end of g, and NaN there (freed memory in a long run) made the force-training
     gradients NaN."""
-    tables = {k: v.to(dtype) for k, v in fused_powers.powers_tables(2, 3, 0).items()}
+    tables = fused_powers.powers_tables(2, 3, 0)
+    y, proj = tables["y"].to(dtype), tables["proj"].to(dtype)
     a, w = operands(2, 3, 2, 2, dtype=dtype, seed=3)
     g, u, vw = torch.randn(3, 2, 2, 1, dtype=dtype), torch.randn_like(a), torch.randn_like(w)
-    args = (tables["y"], tables["proj"], 2)
-    clean = conv_kernel.powers_double(a, w, *args, g, u, vw, (True, True, True))
-    dirty = conv_kernel.powers_double(*(followed_by_nan(x) for x in (a, w)), *args,
-                                      followed_by_nan(g), followed_by_nan(u),
-                                      followed_by_nan(vw), (True, True, True))
-    for x, y in zip(clean, dirty, strict=True):
-        assert torch.isfinite(x).all()
-        assert torch.equal(x, y)
-    backward = [conv_kernel.powers_backward(*inputs, *args, grad, (True, True))
-                for inputs, grad in (((a, w), g), ((followed_by_nan(a), followed_by_nan(w)),
-                                                   followed_by_nan(g)))]
-    assert all(torch.equal(x, y) for x, y in zip(*backward, strict=True))
+
+    def run(a, w, y, proj, g, u, vw):
+        return [conv_kernel.powers_forward(a, w, y, proj, 2),
+                *conv_kernel.powers_backward(a, w, y, proj, 2, g, (True, True)),
+                *conv_kernel.powers_double(a, w, y, proj, 2, g, u, vw, (True, True, True))]
+
+    clean = run(a, w, y, proj, g, u, vw)
+    dirty = run(*(followed_by_nan(x) for x in (a, w, y, proj, g, u, vw)))
+    for expected, got in zip(clean, dirty, strict=True):
+        assert torch.isfinite(expected).all()
+        assert torch.equal(expected, got)
