@@ -111,9 +111,9 @@ def test_user_callback_by_target_and_lr_monitor(tmp_path):
 @pytest.mark.parametrize("logger, extra", [("tensorboard", "tensorboard"), ("wandb", "wandb"),
                                            ("mlflow", "mlflow")])
 def test_missing_optional_logger_is_one_sentence(logger, extra, tmp_path, capsys, monkeypatch):
-    import forcefield.training.loggers as loggers
+    import importlib.util
 
-    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     code = train_cli.main([*TINY, f"logger=[csv,{logger}]", f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from forcefield.cli import train as train_cli
+from forcefield.optional import installed
 
 TINY = ["data.train_size=6", "data.valid_size=4", "data.test_limit=3", "data.stats_cache=false",
         "model.channels=8", "model.radial_mlp=[8]", "model.num_interactions=1",
@@ -58,12 +59,6 @@ def test_sweep_cfg_prints_every_job(tmp_path, capsys):
 
 
 # ------------------------------------------------- Hydra's sweeper and launcher plugins
-def _installed(module: str) -> bool:
-    from importlib.util import find_spec
-
-    return find_spec(module) is not None
-
-
 NO_OPTUNA = "hydra-optuna-sweeper is not installed (pip install 'forcefield[sweep]')"
 NO_SUBMITIT = "hydra-submitit-launcher is not installed (pip install 'forcefield[sweep]')"
 TINY_FREE = [o for o in TINY if not o.startswith("model.channels")]  # channels are swept
@@ -76,7 +71,7 @@ def _complete(run) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-@pytest.mark.skipif(not _installed("hydra_plugins.hydra_optuna_sweeper"), reason=NO_OPTUNA)
+@pytest.mark.skipif(not installed("hydra_plugins.hydra_optuna_sweeper"), reason=NO_OPTUNA)
 def test_optuna_sweep_minimises_the_objective(tmp_path, capsys):
     import yaml
 
@@ -103,7 +98,7 @@ def test_optuna_sweep_minimises_the_objective(tmp_path, capsys):
     assert "job  split" in out and "300K" in out
 
 
-@pytest.mark.skipif(not _installed("hydra_plugins.hydra_submitit_launcher"), reason=NO_SUBMITIT)
+@pytest.mark.skipif(not installed("hydra_plugins.hydra_submitit_launcher"), reason=NO_SUBMITIT)
 def test_submitit_local_launcher_runs_the_job(tmp_path, capsys):
     sweep = tmp_path / "submitit"
     assert train_cli.main(["-m", "hydra/launcher=submitit_local", "seed=3", *TINY,
@@ -115,11 +110,18 @@ def test_submitit_local_launcher_runs_the_job(tmp_path, capsys):
     assert summary["jobs"][0]["test"] == metrics["test"]
 
 
-def test_a_missing_plugin_names_its_package(tmp_path, capsys, monkeypatch):
+def _no_plugin(name: str):
+    """find_spec of a plugin module when hydra_plugins itself is missing: it raises."""
+    raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+
+@pytest.mark.parametrize("missing", [lambda name: None, _no_plugin],
+                         ids=["plugin missing", "no plugin at all"])
+def test_a_missing_plugin_names_its_package(tmp_path, capsys, monkeypatch, missing):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: missing(name)
                         if name.startswith("hydra_plugins.") else real(name, *a))
     for choice, package in [("hydra/sweeper=optuna", "hydra-optuna-sweeper"),
                             ("hydra/launcher=submitit_slurm", "hydra-submitit-launcher")]:

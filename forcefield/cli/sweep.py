@@ -45,6 +45,7 @@ from forcefield.cli.compose import (
     search_path_overrides,
 )
 from forcefield.errors import ConfigError, ForceFieldError, RunError
+from forcefield.optional import installed
 
 PLUGINS: dict[str, tuple[str, str]] = {
     "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
@@ -197,13 +198,11 @@ def _num(x) -> str:
 # ------------------------------------------------------------------ Hydra's own multirun
 def check_plugins(overrides: Sequence[str]) -> None:
     """One sentence naming the pip package of a sweeper/launcher plugin that is missing."""
-    from importlib.util import find_spec
-
     for item in overrides:
         choice = item.lstrip("+")
         if choice in PLUGINS:
             module, package = PLUGINS[choice]
-            if find_spec(module) is None:
+            if not installed(module):
                 extra = (" (or: pip install 'forcefield[sweep]')"
                          if package in ("hydra-optuna-sweeper", "hydra-submitit-launcher")
                          else "")

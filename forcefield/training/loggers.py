@@ -21,7 +21,6 @@ forcefield's own (checkpoints, progress bar, interrupt handling).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoard
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from forcefield.optional import installed
 from forcefield.training.config import ConfigError
 from forcefield.training.io import atomic_write_csv, read_csv
 
@@ -131,7 +131,7 @@ def _target_class(target: str) -> str:
 
 def _check_installed(name: str, target: str) -> None:
     modules, extra = OPTIONAL.get(_target_class(target), ((), None))
-    if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+    if modules and not any(installed(m) for m in modules):
         install = (f"pip install 'forcefield[{extra}]'" if extra
                    else f"pip install {modules[0]}")
         raise ConfigError(
