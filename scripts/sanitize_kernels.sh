@@ -43,7 +43,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/logs/ubs
 python - "$work/src" <<'EOF'
 import sys
 import forcefield
-from forcefield.so3 import conv_kernel, grid_kernel
+from forcefield.so3 import conv_kernel, grid_kernel  # both load forcefield/ops/_C
 if not forcefield.__file__.startswith(sys.argv[1]):
     sys.exit(f"sanitize_kernels.sh: imported {forcefield.__file__}, not the sanitized copy")
 if not (conv_kernel.available() and grid_kernel.available()):

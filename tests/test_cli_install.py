@@ -35,12 +35,11 @@ def test_regular_install_runs_outside_the_repository(repo_root, tmp_path):
         capture_output=True, text=True, env=env, cwd=work, check=True,
     )
     assert probe.stdout.strip() == str(site / "forcefield" / "conf")
-    kernel = subprocess.run(  # the C kernel of the grid product was built into the install
-        [sys.executable, "-c", "from forcefield.so3 import grid_kernel as k; "
-         "print(k._library()._name)"],
+    kernel = subprocess.run(  # the operator library was built into the install
+        [sys.executable, "-c", "from forcefield import ops; print(ops.library_path())"],
         capture_output=True, text=True, env=env, cwd=work, check=True,
     )
-    assert kernel.stdout.strip().startswith(str(site / "forcefield" / "so3" / "_grid_kernel"))
+    assert kernel.stdout.strip().startswith(str(site / "forcefield" / "ops" / "_C"))
     out = work / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "forcefield", "train", "model.channels=8", "model.radial_mlp=[8]",

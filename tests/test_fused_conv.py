@@ -70,7 +70,7 @@ def reference_z(hg, wn, r, sh, ysh, sender, receiver):
 
 def z_of(ysh, index):
     def z(hg, wn, r, sh):
-        return fused_conv.ConvPartials.apply((4,), ysh, index, hg, wn, r, sh, None)[0]
+        return fused_conv.convolution(hg, wn, r, sh, ysh, index)
 
     return z
 
@@ -151,7 +151,6 @@ def test_threads_give_bit_identical_results(dtype) -> None:
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            assert len(conv_kernel._node_ranges(index.recv_ptr)) == n
             results.append((conv_kernel.receivers(hg, wn, r, sh, ysh, index),
                             *conv_kernel.senders(hg, wn, r, sh, ysh, g, index, (True,) * 4),
                             conv_kernel.double_receivers(hg, wn, r, sh, ysh, u, index),
@@ -165,7 +164,7 @@ def test_threads_give_bit_identical_results(dtype) -> None:
 
 def substituted_partials(args, ysh, index, u):
     """The double backward by its definition: for each k, the partials of T with argument k
-    replaced by u_k, summed (what ``ConvPartials`` computes when differentiated further)."""
+    replaced by u_k, summed (what the autograd of the operators computes when differentiated twice)."""
     hg, wn, r, sh, g = args
     total = [None] * 5
     for k, uk in enumerate(u):
@@ -249,39 +248,41 @@ def test_kernels_read_nothing_past_their_arguments(name: str, dtype) -> None:
 
 @needs_kernel
 @pytest.mark.parametrize("node_weights", [True, False])
-def test_backward_of_the_partials_takes_the_double_kernels(node_weights: bool) -> None:
-    """A plain backward through the partials (forces in the loss) gives the numbers of the
-    differentiable composition (the one a create_graph backward takes)."""
+def test_force_training_backward_equals_torch(node_weights: bool) -> None:
+    """The gradient of a loss on first derivatives (training on forces: the double kernels)
+    equals the same computed through the torch formula."""
     ysh = fused_conv.conv_grid_tables(1, 2, 1)["ysh"]
     sender, receiver = graph(5, 20, seed=6)
     index = fused_conv.EdgeIndex.build(sender, receiver, 5)
     hg, wn, r, sh = inputs(2 if node_weights else 1, 3, ysh.shape[1], 5, 20,
                            node_weights=node_weights)
-    args = [a.requires_grad_() if a is not None else None for a in (hg, wn, r, sh)]
-    g = torch.randn(5, 3, ysh.shape[1], dtype=F64, requires_grad=True)
-    live = [a for a in (*args, g) if a is not None]
-    which = (0, 1, 2, 3) if node_weights else (0, 2, 3)
+    g = torch.randn(5, 3, ysh.shape[1], dtype=F64)
+    live = [a.requires_grad_() for a in (hg, wn, r, sh) if a is not None]
 
-    def loss():
-        partials = fused_conv.ConvPartials.apply(which, ysh, index, *args, g)
-        return sum((p.sin()).sum() for p in partials)
+    def gradients(z_function):
+        full = live if node_weights else [live[0], None, *live[1:]]
+        energy = (z_function(*full) * g).sum()
+        first = torch.autograd.grad(energy, live, create_graph=True)
+        loss = sum(f.sin().sum() for f in first)
+        return torch.autograd.grad(loss, live)
 
-    calls = []
-    original = conv_kernel.double_senders
+    fused = gradients(z_of(ysh, index))
+    reference = gradients(lambda *a: reference_z(*a, ysh, sender, receiver))
+    for a, b in zip(fused, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
 
-    def spy(*a, **k):
-        calls.append(1)
-        return original(*a, **k)
 
-    conv_kernel.double_senders = spy
-    try:
-        fused = torch.autograd.grad(loss(), live)
-        composed = torch.autograd.grad(loss(), live, create_graph=True)
-    finally:
-        conv_kernel.double_senders = original
-    assert len(calls) == 1  # the plain backward only
-    for a, b in zip(fused, composed, strict=True):
-        torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=0)
+@needs_kernel
+def test_third_derivative_is_refused() -> None:
+    ysh = fused_conv.conv_grid_tables(1, 1, 1)["ysh"]
+    sender, receiver = graph(4, 7, seed=3)
+    index = fused_conv.EdgeIndex.build(sender, receiver, 4)
+    hg, wn, r, sh = (a.requires_grad_() for a in inputs(2, 2, ysh.shape[1], 4, 7))
+    z = z_of(ysh, index)(hg, wn, r, sh)
+    (d1,) = torch.autograd.grad(z.pow(2).sum(), hg, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.pow(2).sum(), r, create_graph=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad(d2.sum(), sh)
 
 
 def convolution(lmax_in: int, lmax_sh: int, channels: int = 4, seed: int = 0):

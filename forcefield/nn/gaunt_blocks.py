@@ -187,7 +187,7 @@ class GauntConvolution(nn.Module):
         if self.lmax_in == 0:
             ysh = t["ysh"]
             hg = h[:, :, :1, None].expand(num_nodes, c, 1, ysh.shape[1])
-            (z,) = fused_conv.ConvPartials.apply((4,), ysh, index, hg, None, r, sh, None)
+            z = fused_conv.convolution(hg, None, r, sh, ysh, index)
             a = z[..., : ysh.shape[0]]
             k_out = (self.lmax_out + 1) ** 2
             if a.shape[-1] < k_out:
@@ -196,7 +196,7 @@ class GauntConvolution(nn.Module):
         ysh = t["kernel_ysh"]
         wn = wn.view(num_edges, c, self.lmax_in + 1)
         hg = (h @ t["kernel_node_grid"]).reshape(num_nodes, c, self.lmax_in + 1, ysh.shape[1])
-        (z,) = fused_conv.ConvPartials.apply((4,), ysh, index, hg, wn, r, sh, None)
+        z = fused_conv.convolution(hg, wn, r, sh, ysh, index)
         return self.linear((z @ t["kernel_projection"]) / self.avg_num_neighbors)
 
     def _fused(self, hj, w, r, sh, receiver, num_nodes):
@@ -296,7 +296,7 @@ class GauntManyBodyProduct(nn.Module):
         out = a[:, :, :k_out] * w_out[:, 0] * norm[0]
         if self.use_kernel(a):
             # q [N, nu, C, K_out]: the projected powers x_nu^nu, nu = 2 .. correlation
-            q = fused_powers.PowersFunction.apply(a, w_in[:, 1:], t, 2)
+            q = fused_powers.powers(a, w_in[:, 1:], t, 2)
             return out + (q * (norm[1:, None, :] * w_out[:, 1:])).sum(1)
         for nu in range(2, self.correlation + 1):
             x = a * w_in[:, nu - 1][..., self.deg_in]

@@ -12,12 +12,11 @@ is ``Z[i, c, p] = sum_e X[e, c, p] Yv[e, c, p]`` with
 ``Z`` is then projected onto the output harmonics once per node by the caller.  The
 kernels (``conv_kernel``) never write a per-edge grid tensor.  Because Z is linear in each
 of (hg, wn, r, sh), the scalar ``T = sum g * Z`` is multilinear in (hg, wn, r, sh, g) and
-every derivative of every order is a partial of T with one argument replaced by an
-incoming gradient: ``ConvPartials`` computes such partials, and its backward is made of
-``ConvPartials`` again (double backward for force training).  A plain backward of the
-partials (the loss of force training, not differentiated further) sums the substitutions
-of all arguments in one pass of two kernels (``conv_kernel.double_senders`` and
-``double_receivers``) instead of one pass per argument.
+its derivatives are partials of T with one argument replaced by an incoming gradient:
+the backward of Z is the four partials (one pass over sending nodes), and their backward
+(the loss of force training) sums the substitutions of all arguments in one pass of two
+kernels.  These are the ``forcefield::`` operators with registered autograd
+(``forcefield.ops``), so the convolution compiles and exports like any torch operation.
 
 The first layer (L1 = 0) uses the same kernels in coefficient space: the grid is replaced
 by the (l2, m) coefficients (``ysh`` the identity) and ``hg`` is h repeated.
@@ -33,7 +32,7 @@ from forcefield.so3.conv_kernel import EdgeIndex
 from forcefield.so3.spherical_harmonics import spherical_harmonics
 from forcefield.so3.tables import sphere_quadrature
 
-__all__ = ["ConvPartials", "EdgeIndex", "conv_grid_tables", "edge_index", "first_layer_tables"]
+__all__ = ["EdgeIndex", "conv_grid_tables", "convolution", "edge_index", "first_layer_tables"]
 
 _PAD = 8  # grid points are padded to a multiple of this (one float32 AVX vector)
 
@@ -74,87 +73,12 @@ def first_layer_tables(lmax: int) -> dict[str, Tensor]:
     return {"ysh": ysh}
 
 
-class ConvPartials(torch.autograd.Function):
-    """Partials of ``T = sum g * Z(hg, wn, r, sh)`` for the argument numbers in ``which``
-    (0 hg, 1 wn, 2 r, 3 sh, 4 g; the partial for g is Z itself).
-
-    ``ConvPartials.apply(which, ysh, index, hg, wn, r, sh, g)`` -> tuple in ``which`` order;
-    ``wn`` may be None (no node weights), ``g`` may be None when only Z is asked for.
-    """
-
-    @staticmethod
-    def forward(ctx, which: tuple[int, ...], ysh: Tensor, index: EdgeIndex, hg: Tensor,
-                wn: Tensor | None, r: Tensor, sh: Tensor, g: Tensor | None
-                ) -> tuple[Tensor, ...]:
-        ctx.which, ctx.ysh, ctx.index = which, ysh, index
-        ctx.save_for_backward(hg, wn, r, sh, g)
-        results: dict[int, Tensor | None] = {}
-        if 4 in which:
-            results[4] = conv_kernel.receivers(hg, wn, r, sh, ysh, index)
-        want = tuple(j in which for j in range(4))
-        if any(want):
-            partials = conv_kernel.senders(hg, wn, r, sh, ysh, g, index, want)
-            results.update(_padded_partials(partials, (hg, wn, r, sh), want))
-        return tuple(results[j] for j in which)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor | None):
-        args = list(ctx.saved_tensors)
-        needs = ctx.needs_input_grad[3:]
-        if 4 not in ctx.which and not torch.is_grad_enabled():
-            # the backward of the partials (training on forces), not differentiated further:
-            # every substituted argument in one pass of two fused kernels
-            return (None, None, None, *_partials_backward(ctx, args, needs, grads))
-        total: list[Tensor | None] = [None] * 5
-        for k, grad in zip(ctx.which, grads, strict=True):
-            if grad is None:
-                continue
-            targets = tuple(j for j in range(5)
-                            if needs[j] and j != k and args[j] is not None)
-            if not targets:
-                continue
-            substituted = list(args)
-            substituted[k] = grad
-            outputs = ConvPartials.apply(targets, ctx.ysh, ctx.index, *substituted)
-            for j, out in zip(targets, outputs, strict=True):
-                total[j] = out if total[j] is None else total[j] + out
-        return (None, None, None, *total)
-
-
-def _padded_partials(partials, arguments, want) -> dict[int, Tensor]:
-    """The kernel's partials by argument number, with zeros for the degrees the kernel does
-    not read (first layer: sh and r beyond the output degree)."""
-    results = {}
-    for j, argument in enumerate(arguments):
-        if want[j] and partials[j] is not None:
-            extra = argument.shape[-1] - partials[j].shape[-1]
-            results[j] = torch.nn.functional.pad(partials[j], (0, extra)) if extra \
-                else partials[j]
-    return results
-
-
-def _partials_backward(ctx, args: list, needs: tuple[bool, ...],
-                       grads: tuple[Tensor | None, ...]) -> list[Tensor | None]:
-    """Gradients of S = sum_k <u_k, dT/d(argument k)> (u_k the incoming gradient of the
-    partial k, zero where it was not asked for or got none) with respect to hg, wn, r, sh
-    and g, from ``conv_kernel.double_senders`` and ``double_receivers``."""
-    hg, wn, r, sh, g = args
-    u: list[Tensor | None] = [None] * 4
-    for k, grad in zip(ctx.which, grads, strict=True):
-        u[k] = grad
-    u0, u1, u2, u3 = (torch.zeros_like(a) if a is not None and uk is None else uk
-                      for a, uk in zip((hg, wn, r, sh), u, strict=True))
-    want = tuple(needs[j] and args[j] is not None for j in range(4))
-    total: list[Tensor | None] = [None] * 5
-    if any(want):
-        partials = conv_kernel.double_senders(hg, wn, r, sh, ctx.ysh, g, (u0, u1, u2, u3),
-                                              ctx.index, want)
-        for j, value in _padded_partials(partials, (hg, wn, r, sh), want).items():
-            total[j] = value
-    if needs[4]:
-        total[4] = conv_kernel.double_receivers(hg, wn, r, sh, ctx.ysh, (u0, u1, u2, u3),
-                                                ctx.index)
-    return total
+def convolution(hg: Tensor, wn: Tensor | None, r: Tensor, sh: Tensor, ysh: Tensor,
+                index: EdgeIndex) -> Tensor:
+    """Z [N, C, pp] on the fused kernels (``forcefield::conv_receivers``), differentiable
+    twice: its backward is the sender partials (``conv_senders``), whose backward is the
+    two double kernels (``conv_double_senders``, ``conv_double_receivers``)."""
+    return conv_kernel.receivers(hg, wn, r, sh, ysh, index)
 
 
 _cache: list = []
@@ -163,7 +87,10 @@ _cache: list = []
 def edge_index(sender: Tensor, receiver: Tensor, num_nodes: int) -> EdgeIndex:
     """The CSR form of these edges, reused while the same edge tensors are passed again
     (the layers of one model call share it).  Identity, not value, is compared; the cache
-    holds the tensors, so their memory cannot be reused by others meanwhile."""
+    holds the tensors, so their memory cannot be reused by others meanwhile.  Inside
+    ``torch.compile`` or ``torch.export`` it is built in the graph instead."""
+    if torch.compiler.is_compiling():
+        return EdgeIndex.build(sender, receiver, num_nodes)
     key = (sender._version, receiver._version, num_nodes)
     if _cache and _cache[0] is sender and _cache[1] is receiver and _cache[2] == key:
         return _cache[3]

@@ -22,7 +22,7 @@ from forcefield.so3.fused_conv import _padded
 from forcefield.so3.spherical_harmonics import spherical_harmonics
 from forcefield.so3.tables import sphere_quadrature
 
-__all__ = ["PowersFunction", "powers_tables", "powers_torch"]
+__all__ = ["powers", "powers_tables", "powers_torch"]
 
 
 def powers_tables(lmax_in: int, correlation: int, lmax_out: int) -> dict[str, Tensor]:
@@ -60,39 +60,7 @@ def powers_torch(a: Tensor, w: Tensor, tables: dict[str, Tensor], nu0: int) -> T
     return torch.stack(powers, 1) @ tables["proj"].T
 
 
-class _PowersBackward(torch.autograd.Function):
-    """(da, dw) = the kernel backward; its backward (the double backward of the powers) is a
-    third kernel, ``conv_kernel.powers_double`` (not differentiable again)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, w: Tensor, g: Tensor, tables: dict[str, Tensor], nu0: int
-                ) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(a, w, g)
-        ctx.tables, ctx.nu0 = tables, nu0
-        return conv_kernel.powers_backward(a, w, tables["y"], tables["proj"], nu0, g,
-                                           (True, True))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_da: Tensor | None, grad_dw: Tensor | None):
-        a, w, g = ctx.saved_tensors
-        want = tuple(ctx.needs_input_grad[:3])
-        grads = conv_kernel.powers_double(a, w, ctx.tables["y"], ctx.tables["proj"], ctx.nu0, g,
-                                          grad_da, grad_dw, want)
-        return (*grads, None, None)
-
-
-class PowersFunction(torch.autograd.Function):
-    """q = powers(a, w) on the kernel; backward on the kernel (itself differentiable)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, w: Tensor, tables: dict[str, Tensor], nu0: int) -> Tensor:
-        ctx.save_for_backward(a, w)
-        ctx.tables, ctx.nu0 = tables, nu0
-        return conv_kernel.powers_forward(a, w, tables["y"], tables["proj"], nu0)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, w = ctx.saved_tensors
-        da, dw = _PowersBackward.apply(a, w, grad, ctx.tables, ctx.nu0)
-        return da, dw, None, None
+def powers(a: Tensor, w: Tensor, tables: dict[str, Tensor], nu0: int) -> Tensor:
+    """q = the projected powers of a weighted by w, on the kernel (``forcefield::
+    powers_forward``); differentiable twice (``powers_backward``, then ``powers_double``)."""
+    return conv_kernel.powers_forward(a, w, tables["y"], tables["proj"], nu0)

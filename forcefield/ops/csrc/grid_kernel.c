@@ -29,14 +29,11 @@
  *   shape = {n_outer, n_inner}; strides in elements, {outer, inner}, for each input
  *   (0 broadcasts); out is contiguous [n_outer * n_inner][(Lo + 1)^2].
  *
- * The functions are plain C called through ctypes (which releases the GIL, so Python threads
- * can run disjoint row ranges in parallel).  With GCC on x86 each is compiled twice, for
+ * The functions are plain C called by the operators in ops.cpp, whose threads
+ * (at::parallel_for) run disjoint row ranges in parallel.  With GCC on x86 each is compiled twice, for
  * AVX2+FMA and for the baseline instruction set, and picks the one the CPU supports at run
  * time, so one build runs everywhere.
  */
-
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -48,7 +45,7 @@ typedef float vec_f32 __attribute__((vector_size(32)));
 typedef double vec_f64 __attribute__((vector_size(32)));
 
 #define ISA base
-#include "_grid_kernel_impl.h"
+#include "grid_kernel_impl.h"
 #undef ISA
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
@@ -56,7 +53,7 @@ typedef double vec_f64 __attribute__((vector_size(32)));
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define ISA avx2
-#include "_grid_kernel_impl.h"
+#include "grid_kernel_impl.h"
 #undef ISA
 #pragma GCC pop_options
 #endif
@@ -91,13 +88,3 @@ static int use_avx2(void)
 
 EXPORT(f32, float)
 EXPORT(f64, double)
-
-/* A Python module of its own, so that the build system can treat this file as an
- * extension; the functions are reached through ctypes. */
-static struct PyModuleDef grid_kernel_module = {
-    PyModuleDef_HEAD_INIT, "_grid_kernel",
-    "Fused CPU kernel for the grid Gaunt product (loaded through ctypes).", -1,
-    NULL, NULL, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__grid_kernel(void) { return PyModule_Create(&grid_kernel_module); }

@@ -1,4 +1,5 @@
-/* Fused CPU kernels of the Gaunt convolution (forcefield.so3.fused_conv), called via ctypes.
+/* Fused CPU kernels of the Gaunt convolution (the forcefield:: torch operators,
+ * registered in ops.cpp).
  *
  * The convolution of a GauntMACE layer, on the exact quadrature grid of its Gaunt product
  * (P points, padded to pp), is
@@ -22,7 +23,7 @@
  * substituted argument; conv_double_senders and conv_double_receivers compute the sum of
  * those partials in one pass each (see the body).
  *
- * Each works on a range of nodes, so Python threads can run disjoint ranges; the order of
+ * Each works on a range of nodes, so threads (at::parallel_for in ops.cpp) can run disjoint ranges; the order of
  * every sum is fixed by the CSR order, so results are bit-identical for any thread count.
  *
  * Layouts: hg [N][C][n1][pp] and g, z [N][C][pp] contiguous; wn[e * ws0 + c * ws1 + l1]
@@ -37,9 +38,6 @@
  * With GCC on x86 each function is compiled for AVX2+FMA and for the baseline instruction
  * set and picks at run time, as _grid_kernel.c does.
  */
-
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -69,14 +67,14 @@ typedef double vw_f64 __attribute__((vector_size(32), aligned(8)));
 #define REAL float
 #define VW vw_f32
 #define FN(name) NAME(name, f32, ISA)
-#include "_conv_kernel_body.h"
+#include "conv_kernel_body.h"
 #undef FN
 #undef VW
 #undef REAL
 #define REAL double
 #define VW vw_f64
 #define FN(name) NAME(name, f64, ISA)
-#include "_conv_kernel_body.h"
+#include "conv_kernel_body.h"
 #undef FN
 #undef VW
 #undef REAL
@@ -90,14 +88,14 @@ typedef double vw_f64 __attribute__((vector_size(32), aligned(8)));
 #define REAL float
 #define VW vw_f32
 #define FN(name) NAME(name, f32, ISA)
-#include "_conv_kernel_body.h"
+#include "conv_kernel_body.h"
 #undef FN
 #undef VW
 #undef REAL
 #define REAL double
 #define VW vw_f64
 #define FN(name) NAME(name, f64, ISA)
-#include "_conv_kernel_body.h"
+#include "conv_kernel_body.h"
 #undef FN
 #undef VW
 #undef REAL
@@ -202,11 +200,3 @@ EXPORT_DOUBLE(f64, double)
 
 EXPORT_POWERS(f32, float)
 EXPORT_POWERS(f64, double)
-
-static struct PyModuleDef conv_kernel_module = {
-    PyModuleDef_HEAD_INIT, "_conv_kernel",
-    "Fused CPU kernels of the Gaunt convolution (loaded through ctypes).", -1,
-    NULL, NULL, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__conv_kernel(void) { return PyModule_Create(&conv_kernel_module); }

@@ -8,7 +8,7 @@
 #define VEC vec_f32
 #define VL 8
 #define FN(name) NAME(name, f32, ISA)
-#include "_grid_kernel_body.h"
+#include "grid_kernel_body.h"
 #undef FN
 #undef VL
 #undef VEC
@@ -18,7 +18,7 @@
 #define VEC vec_f64
 #define VL 4
 #define FN(name) NAME(name, f64, ISA)
-#include "_grid_kernel_body.h"
+#include "grid_kernel_body.h"
 #undef FN
 #undef VL
 #undef VEC
