@@ -39,6 +39,12 @@ class CalculatorError(ForceFieldError):
     """A structure the calculator cannot evaluate (empty, unknown element, bad cell)."""
 
 
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The precision a model (or a traced or packaged one) computes in."""
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
+
+
 def _symbols(numbers) -> str:
     return ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in numbers)
 
@@ -56,6 +62,10 @@ class ForceFieldCalculator(Calculator):
             fully periodic cell in the same backward pass as the forces (one model call
             serves ``get_forces`` and ``get_stress``); False computes it only when asked.
         neighbour_backend: ``"vesin"`` (default, fast) or ``"ase"``.
+        compile: trace each model with its forces and virial and compile it with
+            ``torch.compile`` (free atom and edge counts: compiled once, on the first call,
+            for every structure size). Conservative models only. A ``.pt2`` package
+            (``forcefield export format=pt2``) is already compiled and needs no flag.
 
     Results: ``energy`` and ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
     (eV/A), ``stress`` (Voigt xx, yy, zz, yz, xz, xy; eV/A^3, ASE sign) for structures
@@ -72,6 +82,7 @@ class ForceFieldCalculator(Calculator):
         dtype: str | torch.dtype | None = None,
         compute_stress: str | bool = "auto",
         neighbour_backend: str = "vesin",
+        compile: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,8 +96,13 @@ class ForceFieldCalculator(Calculator):
         if not sources:
             raise ValueError("ForceFieldCalculator needs at least one model")
         self.models = [self._load(src) for src in sources]
+        if compile:
+            from forcefield.traced import TracedPotential, compiled_potential
+
+            self.models = [m if isinstance(m, TracedPotential) else compiled_potential(m)
+                           for m in self.models]
         first = self.models[0]
-        self.dtype = next(first.parameters()).dtype
+        self.dtype = _model_dtype(first)
         config = getattr(first, "config", {}) or {}
         self.r_max = float(config["r_max"])
         self.species = sorted(int(z) for z in config["species"])

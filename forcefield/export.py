@@ -328,9 +328,15 @@ def load_model(
     ``dtype`` is ``"float32"``, ``"float64"``, a torch dtype, or None for the dtype the
     weights were saved in. The model is returned in eval mode on ``device``; the
     file's metadata is available as ``model.metadata`` (and ``model.model_file``).
-    Loading uses ``torch.load(weights_only=True)``: no pickled code is executed.
+    Loading uses ``torch.load(weights_only=True)``: no pickled code is executed.  A
+    ``.pt2`` package (``forcefield export format=pt2``) loads as a
+    ``forcefield.traced.TracedPotential`` with the same call interface (inference only).
     """
     path = Path(path)
+    if str(path).endswith(".pt2"):
+        from forcefield.traced import packaged_potential
+
+        return packaged_potential(path, device, resolve_dtype(dtype))
     payload = read_model_file(path)
     target = resolve_dtype(dtype)
     saved = resolve_dtype(payload.get("dtype") or "float32")
@@ -378,26 +384,47 @@ def model_info(path: str | os.PathLike) -> dict:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
-                      dtype: str | None = None, ema: bool = True) -> Path:
-    """``forcefield export``'s work: write the model file ``output`` from a training
-    checkpoint (its EMA weights unless ``ema=False``; ``dtype`` None keeps the checkpoint's)."""
+                      dtype: str | None = None, ema: bool = True, format: str = "pt") -> Path:
+    """``forcefield export``'s work: write ``output`` from a training checkpoint (its EMA
+    weights unless ``ema=False``) or a model file; ``dtype`` None keeps the source's.
+    ``format`` is ``pt`` (the model file) or ``pt2`` (an AOTInductor package,
+    ``forcefield.pt2``)."""
     from forcefield.errors import ConfigError
     from forcefield.model_files import module_from_checkpoint, read_checkpoint
     from forcefield.training.config import check_dtype
 
     src = Path(checkpoint)
     check_dtype(dtype)
-    try:
-        raw = read_checkpoint(src)
-    except (FileNotFoundError, IsADirectoryError) as exc:
-        raise ConfigError(f"checkpoint={src}: {exc}") from exc
-    module = module_from_checkpoint(raw, src)
-    net = module.eval_model() if ema else module.model
+    if format not in ("pt", "pt2"):
+        raise ConfigError(f"format={format!r} is not an export format; use format=pt (model "
+                          "file) or format=pt2 (AOTInductor package)")
+    dest = Path(output)
+    suffix = ".pt2" if format == "pt2" else ".pt"
+    if dest.suffix != suffix:
+        raise ConfigError(f"output={dest}: a format={format} file ends in {suffix}")
+    if is_model_file(src):
+        net, metadata = load_model(src), {"source_model": str(src.resolve())}
+    else:
+        try:
+            raw = read_checkpoint(src)
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ConfigError(f"checkpoint={src}: {exc}") from exc
+        module = module_from_checkpoint(raw, src)
+        net = module.eval_model() if ema else module.model
+        metadata = {"source_checkpoint": str(src.resolve()), "epoch": raw.get("epoch"),
+                    "ema": bool(ema)}
     if dtype:
         net = net.to(resolve_dtype(dtype))
-    dest = Path(output)
-    save_model(dest, net, metadata={"source_checkpoint": str(src.resolve()),
-                                    "epoch": raw.get("epoch"), "ema": bool(ema)})
+    if format == "pt2":
+        from forcefield.pt2 import export_pt2
+
+        if (getattr(net, "config", {}) or {}).get("forces", "gradient") != "gradient":
+            raise ConfigError(f"checkpoint={src} predicts forces directly (model.forces=direct); "
+                              "a package computes forces as -dE/dx, so fine-tune a conservative "
+                              "model first (forcefield train init_from=... "
+                              "model.forces=gradient)")
+        return export_pt2(net, dest)
+    save_model(dest, net, metadata=metadata)
     return dest
 
 

@@ -162,15 +162,21 @@ def load_network(
 ) -> tuple[torch.nn.Module, dict]:
     """(network in eval mode, info) from a ``model.pt`` or a training checkpoint.
 
-    ``info`` holds ``kind`` ("model" | "checkpoint"), ``dtype`` and for checkpoints
-    ``epoch`` and ``training`` (the stored training config). Checkpoints give the EMA
-    weights unless ``ema=False``.
+    ``info`` holds ``kind`` ("model" | "checkpoint" | "package"), ``dtype`` and for
+    checkpoints ``epoch`` and ``training`` (the stored training config). Checkpoints give
+    the EMA weights unless ``ema=False``.  A ``.pt2`` package gives a
+    ``forcefield.traced.TracedPotential`` (inference only, in the package's dtype).
     """
     import torch
 
     from forcefield.export import load_model, resolve_dtype
 
     path = Path(path)
+    if path.suffix == ".pt2":
+        from forcefield.traced import packaged_potential
+
+        net = packaged_potential(path, device=device, dtype=resolve_dtype(dtype))
+        return net, {"kind": "package", "dtype": net.metadata["dtype"], "metadata": net.metadata}
     kind, raw = read_any(path)
     target = resolve_dtype(dtype)
     if kind == "model":

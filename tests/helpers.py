@@ -46,3 +46,47 @@ def followed_by_nan(x: torch.Tensor | None) -> torch.Tensor | None:
     buffer = torch.full((x.numel() + 64,), float("nan"), dtype=x.dtype)
     buffer[: x.numel()] = x.reshape(-1)
     return buffer[: x.numel()].view(x.shape)
+
+
+def trained_tiny_model(species: tuple[int, ...] = (1, 6, 7, 8), steps: int = 30,
+                       seed: int = 0) -> torch.nn.Module:
+    """The TINY model (with ``species``) after ``steps`` Adam steps on energies and forces
+    of ten 3BPA structures: weights that have learned something, in float64, eval mode."""
+    from pathlib import Path
+
+    import ase.io
+
+    from forcefield.data import AtomicData
+    from forcefield.models import build_model
+
+    torch.manual_seed(seed)
+    config = dict(TINY, species=list(species))
+    config["e0s"] = {z: TINY["e0s"].get(z, -1.0) for z in species}
+    model = build_model(config).double()
+    data_file = Path(__file__).resolve().parents[1] / "data" / "3bpa" / "train_300K.xyz"
+    frames = ase.io.read(data_file, ":10")
+    from torch_geometric.data import Batch
+
+    graphs = [AtomicData.from_ase(a, r_max=TINY["r_max"], check_labels=False) for a in frames]
+    batch = Batch.from_data_list(graphs)
+    energy = torch.tensor([a.get_potential_energy() for a in frames], dtype=torch.float64)
+    forces = torch.cat([torch.as_tensor(a.get_forces()) for a in frames])
+    optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+    model.train()
+    for _ in range(steps):
+        out = model(batch, compute_forces=True, training=True)
+        loss = ((out["energy"] - energy) ** 2).mean() / 27 + ((out["forces"] - forces) ** 2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def packed_box(grid=(3, 3, 4)):
+    """The periodic box of randomly rotated 3BPA molecules of scripts/bench_md.py (972
+    atoms for the default grid)."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_md.py"
+    return runpy.run_path(str(script))["packed_box"](grid=grid)

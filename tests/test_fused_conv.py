@@ -164,7 +164,7 @@ def test_threads_give_bit_identical_results(dtype) -> None:
 
 def substituted_partials(args, ysh, index, u):
     """The double backward by its definition: for each k, the partials of T with argument k
-    replaced by u_k, summed (what the autograd of the operators computes when differentiated twice)."""
+    replaced by u_k, summed (what the operators' autograd computes in a double backward)."""
     hg, wn, r, sh, g = args
     total = [None] * 5
     for k, uk in enumerate(u):

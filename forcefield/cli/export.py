@@ -11,21 +11,25 @@ def run(cfg: DictConfig) -> int:
     """Write the model file ``cfg.output`` from the checkpoint ``cfg.checkpoint``."""
     from forcefield.export import export_checkpoint
 
-    dest = export_checkpoint(str(cfg.checkpoint), str(cfg.output), cfg.dtype, bool(cfg.ema))
+    dest = export_checkpoint(str(cfg.checkpoint), str(cfg.output), cfg.dtype, bool(cfg.ema),
+                             str(cfg.format))
     print(f"forcefield export: wrote {dest}")
     return 0
 
 
 COMMAND = Command(
     name="export",
-    usage="checkpoint=PATH output=PATH [dtype=float64] [ema=true]",
+    usage="checkpoint=PATH output=PATH [format=pt|pt2] [dtype=float64] [ema=true]",
     description="""\
-Turn a training checkpoint into a deployable model file (EMA weights by default), the file
-that evaluate, md, relax and ForceFieldCalculator read.""",
+Turn a training checkpoint (or a model.pt) into a deployable model: format=pt writes the
+model file (EMA weights by default) that evaluate, md, relax and ForceFieldCalculator read;
+format=pt2 an AOTInductor package that computes energy, forces, virial and per-atom energies
+without forcefield's model code (md, relax, ForceFieldCalculator, LAMMPS, C++).""",
     run=run,
     examples=("forcefield export checkpoint=runs/x/checkpoints/best.ckpt output=model.pt",
               "forcefield export checkpoint=runs/x/checkpoints/last.ckpt output=m32.pt "
-              "dtype=float32"),
+              "dtype=float32",
+              "forcefield export checkpoint=runs/x/model.pt output=model.pt2 format=pt2"),
 )
 
 main = COMMAND.main

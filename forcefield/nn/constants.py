@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from forcefield import ops
+
 __all__ = ["ConstantTables"]
 
 
@@ -24,7 +26,8 @@ class ConstantTables:
                 k: v.to(device=like.device, dtype=like.dtype if v.is_floating_point() else v.dtype)
                 for k, v in self._master.items()
             }
-            self._cache[key] = tables
+            if not ops.is_tracing():  # a traced copy is not a tensor to keep
+                self._cache[key] = tables
         return tables
 
     def __getstate__(self):

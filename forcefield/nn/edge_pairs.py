@@ -20,6 +20,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from forcefield import ops
+
 __all__ = ["EdgePairs", "edge_pairs"]
 
 
@@ -45,9 +47,11 @@ def _canonical(receiver: Tensor, sender: Tensor, shifts: Tensor) -> tuple[Tensor
 def edge_pairs(sender: Tensor, receiver: Tensor, shifts: Tensor, num_nodes: int
                ) -> EdgePairs | None:
     """Group the edges into neighbour pairs; None when no edge has its reverse in the list
-    (nothing to share). ``shifts`` [E, 3] are the integer cell shifts (any dtype)."""
+    (nothing to share), or while the model is traced (the pairing has a data-dependent size;
+    a traced model runs the radial MLP once per edge, with the same numbers).  ``shifts``
+    [E, 3] are the integer cell shifts (any dtype)."""
     num_edges = sender.shape[0]
-    if num_edges == 0:
+    if num_edges == 0 or ops.is_tracing():
         return None
     with torch.no_grad():
         shifts = torch.round(shifts).to(torch.int64)

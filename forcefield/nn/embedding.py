@@ -6,6 +6,8 @@ import torch
 from ase.data import chemical_symbols
 from torch import nn
 
+from forcefield import ops
+
 __all__ = ["SpeciesIndex", "SpeciesEmbedding"]
 
 
@@ -22,6 +24,8 @@ class SpeciesIndex(nn.Module):
 
     def forward(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         idx = self.table[atomic_numbers]
+        if ops.is_tracing():  # a traced model's loader checks the elements before the call
+            return idx
         if bool((idx < 0).any()):
             bad = sorted({int(z) for z in atomic_numbers[idx < 0].tolist()})
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in bad)

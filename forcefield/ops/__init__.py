@@ -18,16 +18,18 @@ take their torch route, and a warning says so once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import warnings
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["OPS_VERSION", "available", "library_path"]
+__all__ = ["OPS_VERSION", "available", "is_tracing", "library_path", "tracing"]
 
 #: the operator set's version, as ``torch.ops.forcefield.version()`` returns it
 OPS_VERSION = 1
@@ -74,6 +76,27 @@ def available() -> bool:
     if os.environ.get("FORCEFIELD_NO_CPU_KERNEL"):
         return False
     return _load()
+
+
+_tracing = False
+
+
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    """Inside the block the models are being traced into a graph (``forcefield.traced``):
+    code that depends on tensor values (caches keyed by identity, data-dependent shortcuts,
+    Python-side checks of values) takes its plain, traceable form."""
+    global _tracing
+    previous, _tracing = _tracing, True
+    try:
+        yield
+    finally:
+        _tracing = previous
+
+
+def is_tracing() -> bool:
+    """True inside ``tracing()``, ``torch.compile`` or ``torch.export``."""
+    return _tracing or torch.compiler.is_compiling()
 
 
 def _empty(x: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from forcefield import ops
 from forcefield.so3 import conv_kernel
 from forcefield.so3.conv_kernel import EdgeIndex
 from forcefield.so3.spherical_harmonics import spherical_harmonics
@@ -88,8 +89,9 @@ def edge_index(sender: Tensor, receiver: Tensor, num_nodes: int) -> EdgeIndex:
     """The CSR form of these edges, reused while the same edge tensors are passed again
     (the layers of one model call share it).  Identity, not value, is compared; the cache
     holds the tensors, so their memory cannot be reused by others meanwhile.  Inside
-    ``torch.compile`` or ``torch.export`` it is built in the graph instead."""
-    if torch.compiler.is_compiling():
+    ``torch.compile``, ``torch.export`` or ``forcefield.ops.tracing()`` it is built in the
+    graph instead."""
+    if ops.is_tracing():
         return EdgeIndex.build(sender, receiver, num_nodes)
     key = (sender._version, receiver._version, num_nodes)
     if _cache and _cache[0] is sender and _cache[1] is receiver and _cache[2] == key:

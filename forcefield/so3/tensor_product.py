@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from forcefield import ops
 from forcefield.so3 import grid_kernel
 from forcefield.so3.spherical_harmonics import check_lmax, num_coefficients
 from forcefield.so3.tables import (
@@ -104,13 +105,16 @@ class _Tables:
 
     def get(self, like: Tensor) -> dict[str, Tensor]:
         key = (like.dtype, like.device)
-        if key not in self._cache:
-            self._cache[key] = {
-                name: value.to(device=like.device, dtype=like.dtype if value.is_floating_point()
-                               else value.dtype)
-                for name, value in self._master.items()
-            }
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        tables = {
+            name: value.to(device=like.device, dtype=like.dtype if value.is_floating_point()
+                           else value.dtype)
+            for name, value in self._master.items()
+        }
+        if not ops.is_tracing():  # a traced copy is not a tensor to keep
+            self._cache[key] = tables
+        return tables
 
 
 def _batched_blocks(x: Tensor, index: Tensor, table: Tensor) -> Tensor:

@@ -1,0 +1,223 @@
+"""The exported package (``forcefield export format=pt2``) and the compiled model.
+
+One trained tiny GauntMACE (3BPA elements plus those of the OC20 slab) is packaged once per
+session in float64 and float32 (AOTInductor builds take about a minute each).  Eager,
+compiled (``compile=True``) and packaged (Python, and C++ in test_pt2_cpp.py) give the same
+energy, forces and stress on a 3BPA molecule, the 972-atom periodic box and an OC20 slab;
+the package loads without forcefield's model code; damaged or foreign files and unknown
+elements are one sentence each.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from helpers import packed_box, trained_tiny_model
+
+from forcefield import ForceFieldCalculator, ops
+from forcefield.model_files import ModelFileError
+from forcefield.pt2 import export_pt2, read_pt2_metadata
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not ops.available(), reason="operator library not built")]
+
+SLAB_SPECIES = (1, 6, 7, 8, 13, 29, 34)
+
+
+@pytest.fixture(scope="session")
+def trained() -> torch.nn.Module:
+    return trained_tiny_model(SLAB_SPECIES)
+
+
+@pytest.fixture(scope="session")
+def packages(trained, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pt2")
+    return {name: export_pt2(trained, folder / f"tiny_{name}.pt2", dtype)
+            for name, dtype in (("float64", torch.float64), ("float32", torch.float32))}
+
+
+@pytest.fixture(scope="session")
+def structures(repo_root, shared_data) -> dict[str, ase.Atoms]:
+    molecule = ase.io.read(repo_root / "data" / "3bpa" / "train_300K.xyz", 3)
+    slab = ase.io.read(shared_data / "oc20" / "oc20_real_frames.extxyz", 0)
+    return {"molecule": molecule, "box972": packed_box(), "slab": slab}
+
+
+def evaluate(calc: ForceFieldCalculator, atoms: ase.Atoms) -> dict[str, np.ndarray]:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    out = {"energy": np.array(atoms.get_potential_energy()), "forces": atoms.get_forces(),
+           "energies": atoms.get_potential_energies()}
+    if atoms.pbc.all():
+        out["stress"] = atoms.get_stress()
+    return out
+
+
+def assert_same(got: dict, want: dict, rtol: float) -> None:
+    for key, value in want.items():
+        scale = max(float(np.abs(value).max()), 1e-3)
+        error = float(np.abs(got[key] - value).max())
+        assert error <= rtol * scale, f"{key}: {error:.3g} > {rtol:g} x {scale:.3g}"
+
+
+@pytest.mark.parametrize("name", ["molecule", "box972", "slab"])
+def test_package_equals_eager_float64(trained, packages, structures, name) -> None:
+    atoms = structures[name]
+    want = evaluate(ForceFieldCalculator(trained), atoms)
+    got = evaluate(ForceFieldCalculator(str(packages["float64"])), atoms)
+    assert_same(got, want, 1e-10)
+    assert abs(got["energies"].sum() - got["energy"]) < 1e-8
+
+
+@pytest.mark.parametrize("name", ["molecule", "slab"])
+def test_package_equals_eager_float32(trained, packages, structures, name) -> None:
+    atoms = structures[name]
+    want = evaluate(ForceFieldCalculator(copy.deepcopy(trained), dtype="float32"), atoms)
+    got = evaluate(ForceFieldCalculator(str(packages["float32"])), atoms)
+    assert_same(got, want, 1e-5)
+
+
+def test_compiled_equals_eager_without_recompiling(trained, structures) -> None:
+    """compile=True: one compilation for every size (molecule, slab, box), same numbers."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = ForceFieldCalculator(trained, compile=True)
+    eager = ForceFieldCalculator(trained)
+    for name in ("molecule", "slab", "box972"):
+        assert_same(evaluate(compiled, structures[name]), evaluate(eager, structures[name]),
+                    1e-10)
+    molecule = structures["molecule"].copy()
+    for step in range(5):  # an MD-like sequence: new positions, new edge counts
+        molecule.positions += 0.02 * np.random.default_rng(step).normal(size=(len(molecule), 3))
+        assert_same(evaluate(compiled, molecule), evaluate(eager, molecule), 1e-10)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_metadata_is_read_without_loading(trained, packages) -> None:
+    meta = read_pt2_metadata(packages["float64"])
+    assert meta["species"] == list(SLAB_SPECIES)
+    assert meta["r_max"] == trained.config["r_max"]
+    assert meta["dtype"] == "float64" and meta["needs_ops"] is True
+    assert meta["num_interactions"] == trained.config["num_interactions"]
+    assert meta["e0s"][6] == trained.config["e0s"][6]
+    assert len(meta["weights_sha256"]) == 64
+    assert read_pt2_metadata(packages["float32"])["dtype"] == "float32"
+
+
+def test_package_runs_without_forcefield_model_code(packages, structures, tmp_path) -> None:
+    """Only torch and the operator library: importing forcefield fails in the child."""
+    atoms = structures["molecule"]
+    from forcefield.data import neighbour_list
+
+    i, j, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0)
+    inputs = {"positions": atoms.positions.tolist(), "numbers": atoms.numbers.tolist(),
+              "edge_index": [i.tolist(), j.tolist()], "shifts": shifts.tolist()}
+    script = f"""
+import importlib.abc, json, sys
+class NoForcefield(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "forcefield" or name.startswith("forcefield."):
+            raise ImportError("forcefield is not available here")
+sys.meta_path.insert(0, NoForcefield())
+import torch
+torch.ops.load_library({str(ops.library_path())!r})
+runner = torch._inductor.aoti_load_package({str(packages["float64"])!r})
+x = json.load(sys.stdin)
+out = runner(torch.tensor(x["positions"], dtype=torch.float64), torch.tensor(x["numbers"]),
+             torch.zeros(3, 3, dtype=torch.float64), torch.tensor(x["edge_index"]),
+             torch.tensor(x["shifts"], dtype=torch.float64))
+try:
+    import forcefield  # noqa: F401
+    print("forcefield was importable")
+except ImportError:
+    print(json.dumps({{"energy": out[0].item(), "forces": out[2].tolist()}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(inputs),
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = evaluate(ForceFieldCalculator(str(packages["float64"])), atoms)
+    assert abs(result["energy"] - float(want["energy"])) < 1e-8
+    np.testing.assert_allclose(result["forces"], want["forces"], atol=1e-10)
+
+
+def test_unknown_element_is_one_sentence(packages) -> None:
+    atoms = ase.Atoms("CFe", positions=[[0, 0, 0], [1.5, 0, 0]])
+    atoms.calc = ForceFieldCalculator(str(packages["float64"]))
+    with pytest.raises(Exception, match=r"Fe \(Z=26\)"):
+        atoms.get_potential_energy()
+
+
+def _rewrite_metadata(source: Path, target: Path, **changes) -> Path:
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            data = old.read(item.filename)
+            if item.filename.endswith("wrapper_metadata.json"):
+                data = json.dumps({**json.loads(data), **changes}).encode()
+            new.writestr(item, data)
+    return target
+
+
+def test_bad_packages_are_one_sentence(packages, tmp_path) -> None:
+    good = packages["float64"]
+    truncated = tmp_path / "truncated.pt2"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "text.pt2"
+    text.write_text("not a package\n")
+    foreign = _rewrite_metadata(good, tmp_path / "foreign.pt2", ops_version="99")
+    plain = tmp_path / "plain.pt2"
+    with zipfile.ZipFile(plain, "w") as archive:
+        archive.writestr("x/data/aotinductor/model/a.wrapper_metadata.json", "{}")
+    cases = {truncated: "not a zip archive, or truncated", text: "not a zip archive",
+             foreign: "operator set 99", plain: "without forcefield metadata",
+             tmp_path / "missing.pt2": "does not exist"}
+    for path, cause in cases.items():
+        with pytest.raises(ModelFileError, match=cause) as info:
+            ForceFieldCalculator(str(path))
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_export_and_md_with_a_package(trained, packages, tmp_path, repo_root) -> None:
+    """format=pt2 from a model.pt; md runs on it; a damaged package is exit code 2."""
+    from forcefield.export import save_model
+
+    model_file = save_model(tmp_path / "model.pt", trained)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    package = tmp_path / "model.pt2"
+    export = subprocess.run([sys.executable, "-m", "forcefield", "export",
+                             f"checkpoint={model_file}", f"output={package}", "format=pt2"],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert read_pt2_metadata(package)["weights_sha256"] == \
+        read_pt2_metadata(packages["float64"])["weights_sha256"]  # the same trained weights
+    structure = repo_root / "data" / "3bpa" / "train_300K.xyz"
+    md = subprocess.run([sys.executable, "-m", "forcefield", "md", f"model={package}",
+                         f"structure={structure}", "steps=20", "progress=false",
+                         f"output_dir={tmp_path / 'md'}"],
+                        capture_output=True, text=True, env=env, timeout=600)
+    assert md.returncode == 0, md.stderr[-2000:]
+    summary = json.loads((tmp_path / "md" / "md_summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 20
+    assert summary["max_energy_drift_meV_per_atom"] < 1.0
+    broken = tmp_path / "broken.pt2"
+    shutil.copy(package, broken)
+    broken.write_bytes(broken.read_bytes()[:1000])
+    bad = subprocess.run([sys.executable, "-m", "forcefield", "md", f"model={broken}",
+                          f"structure={structure}", "steps=2", "progress=false",
+                          f"output_dir={tmp_path / 'md2'}"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2
+    assert str(broken) in bad.stderr and "Traceback" not in bad.stderr
