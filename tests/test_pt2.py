@@ -57,7 +57,8 @@ def structures(repo_root, shared_data) -> dict[str, ase.Atoms]:
 def evaluate(calc: ForceFieldCalculator, atoms: ase.Atoms) -> dict[str, np.ndarray]:
     atoms = atoms.copy()
     atoms.calc = calc
-    out = {"energy": np.array(atoms.get_potential_energy()), "forces": atoms.get_forces(),
+    out = {"energy": np.array(atoms.get_potential_energy()),
+           "forces": atoms.get_forces(apply_constraint=False),
            "energies": atoms.get_potential_energies()}
     if atoms.pbc.all():
         out["stress"] = atoms.get_stress()
@@ -221,3 +222,54 @@ def test_cli_export_and_md_with_a_package(trained, packages, tmp_path, repo_root
                          capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2
     assert str(broken) in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _write_input(path: Path, atoms: ase.Atoms, r_max: float) -> None:
+    from forcefield.data import neighbour_list
+
+    i, j, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, r_max)
+    lines = [f"{len(atoms)} {len(i)}"]
+    lines += [f"{z} " + " ".join(repr(float(v)) for v in position)
+              for z, position in zip(atoms.numbers, atoms.positions, strict=True)]
+    lines += [" ".join(repr(float(v)) for v in row) for row in atoms.cell.array]
+    lines += [f"{a} {b} {s[0]:g} {s[1]:g} {s[2]:g}" for a, b, s in zip(i, j, shifts,
+                                                                       strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+def test_cpp_loader_equals_python(packages, structures, tmp_path_factory) -> None:
+    """A C++ program (libtorch's AOTIModelPackageLoader, no Python) gives the package's
+    energy, forces and virial on the molecule and the slab."""
+    from forcefield.integrations.cpp import build
+
+    folder = tmp_path_factory.mktemp("cpp")
+    program = build(folder)
+    package = packages["float64"]
+    calc = ForceFieldCalculator(str(package))
+    for name in ("molecule", "slab"):
+        atoms = structures[name]
+        _write_input(folder / f"{name}.txt", atoms, calc.r_max)
+        proc = subprocess.run([str(program), str(package), str(ops.library_path()),
+                               str(folder / f"{name}.txt")], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = proc.stdout.strip().splitlines()
+        assert lines[0] == f"species {json.dumps(list(SLAB_SPECIES))}"
+        energy = float(lines[1].split()[1])
+        forces = np.loadtxt(lines[2:2 + len(atoms)])
+        virial = np.loadtxt(lines[2 + len(atoms):])
+        want = evaluate(calc, atoms)
+        assert abs(energy - float(want["energy"])) <= 1e-10 * abs(energy)
+        np.testing.assert_allclose(forces, want["forces"], atol=1e-10, rtol=0)
+        if atoms.pbc.all():
+            volume = atoms.get_volume()
+            stress = -virial / volume
+            voigt = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            np.testing.assert_allclose(voigt, want["stress"], atol=1e-12, rtol=0)
+    broken = folder / "broken.pt2"
+    broken.write_bytes(package.read_bytes()[:2000])
+    proc = subprocess.run([str(program), str(broken), str(ops.library_path()),
+                           str(folder / "molecule.txt")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "could not be loaded" in proc.stderr
