@@ -150,7 +150,7 @@ def _register() -> None:
 
     @lib.register_fake("forcefield::gaunt_grid")
     def _(x1, x2, dims, *tables):
-        k_out = tables[2].shape[1] ** 2  # legendre_out [n_beta, 2 Lo + 1, Lo + 1]
+        k_out = tables[2].shape[-1] ** 2  # legendre_out [n_beta, 2 Lo + 1, Lo + 1]
         return x1.new_empty(x1.shape[0], x1.shape[1], k_out)
 
     # -- autograd ---------------------------------------------------------------------------
