@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from forcefield import ops
 from forcefield.nn import (
     AtomicEnergyHead,
     DropPath,
@@ -286,8 +287,12 @@ class GauntEquiformerV2(nn.Module):
             r = torch.linalg.vector_norm(vec, dim=-1)
             keep = r < self.r_max
             if self.max_neighbors is not None:
+                if ops.is_tracing():
+                    raise ValueError("a model with a neighbour cap (model.max_neighbors) "
+                                     "cannot be traced: the cap selects edges by value")
                 keep = keep & nearest_neighbours(r.detach(), receiver, n, self.max_neighbors)
-            if not bool(keep.all()):
+            # traced: the caller's neighbour list is the cutoff's (the graph cannot select)
+            if not ops.is_tracing() and not bool(keep.all()):
                 vec, r, sender, receiver = vec[keep], r[keep], sender[keep], receiver[keep]
             envelope = self.envelope(r)
             rbf = self.rbf(r.unsqueeze(-1))
