@@ -93,7 +93,7 @@ def export_pt2(model: nn.Module, output: str | os.PathLike,
     line).  Written beside ``output`` and renamed onto it, so a failed export leaves
     nothing behind.
     """
-    from forcefield.traced import example_inputs, trace_potential
+    from forcefield.traced import example_inputs, inductor_options, trace_potential
 
     output = Path(output)
     if output.suffix != ".pt2":
@@ -118,7 +118,8 @@ def export_pt2(model: nn.Module, output: str | os.PathLike,
         built = work / output.name
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(built),
-            inductor_configs={"aot_inductor.metadata": _metadata(model, dtype, needs_ops)})
+            inductor_configs={"aot_inductor.metadata": _metadata(model, dtype, needs_ops),
+                              **inductor_options(model)})
         os.replace(built, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)

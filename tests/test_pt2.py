@@ -273,3 +273,29 @@ def test_cpp_loader_equals_python(packages, structures, tmp_path_factory) -> Non
                            str(folder / "molecule.txt")], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "could not be loaded" in proc.stderr
+
+
+TINY_EQV2 = dict(architecture="gaunt_equiformer_v2", name="gaunt_equiformer_v2_small",
+                 species=[1, 6, 7, 8], r_max=4.0, num_layers=2, channels=8, lmax=2, mmax=1,
+                 heads=2, attn_hidden=8, alpha_channels=4, value_channels=4, ffn_hidden=8,
+                 edge_channels=8, num_radial=8, avg_num_neighbors=10.0,
+                 e0s={1: -13.6, 6: -1029.4, 7: -1484.9, 8: -2041.8}, energy_shift=-1.0,
+                 energy_scale=1.0, forces="gradient")
+
+
+def test_equiformer_compiled_and_exported_equal_eager(structures, tmp_path) -> None:
+    """GauntEquiformerV2 (Selfmix, gradient forces): compiled and packaged = eager."""
+    from forcefield.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_EQV2)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    atoms = structures["molecule"]
+    want = evaluate(ForceFieldCalculator(model), atoms)
+    assert_same(evaluate(ForceFieldCalculator(copy.deepcopy(model), compile=True), atoms),
+                want, 1e-10)
+    package = export_pt2(model, tmp_path / "eqv2.pt2")
+    assert read_pt2_metadata(package)["architecture"] == "gaunt_equiformer_v2"
+    assert_same(evaluate(ForceFieldCalculator(str(package)), atoms), want, 1e-10)
