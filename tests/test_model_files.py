@@ -141,10 +141,24 @@ def test_command_with_a_bad_model_file(command, kind, bad_files, structure, tmp_
 
 
 def test_model_file_where_a_checkpoint_is_expected(good_model, tmp_path, capsys, structure):
-    for command in (_export, _resume):
-        assert command(good_model, tmp_path, structure) == 2
-        line = _one_sentence(capsys.readouterr().err, good_model)
-        assert "is a forcefield model file (model.pt), not a" in line
+    assert _resume(good_model, tmp_path, structure) == 2
+    line = _one_sentence(capsys.readouterr().err, good_model)
+    assert "is a forcefield model file (model.pt), not a" in line
+
+
+def test_export_takes_a_model_file(good_model, tmp_path):
+    """export also converts a model.pt (here to float32): the same weights, rounded."""
+    from forcefield.cli import export
+    from forcefield.export import load_model
+
+    out = tmp_path / "m32.pt"
+    assert export.main([f"checkpoint={good_model}", f"output={out}", "dtype=float32"]) == 0
+    source, converted = load_model(good_model), load_model(out)
+    assert converted.dtype == torch.float32
+    for a, b in zip(source.state_dict().values(), converted.state_dict().values(),
+                    strict=True):
+        if a.is_floating_point():
+            assert torch.equal(a.float(), b)
 
 
 def test_cli_subprocess_garbage_model(bad_files, tmp_path):
