@@ -144,6 +144,14 @@ std::vector<Range> even_ranges(int64_t count, int64_t rows_per_item, int64_t min
     return ranges;
 }
 
+// The dtype of the operator's first tensor: float32 or float64, else one clear error.
+at::ScalarType floating_dtype(const at::Tensor &x, const char *op) {
+    const auto dtype = x.scalar_type();
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "forcefield::", op,
+                ": float32 or float64 tensors expected, got ", dtype);
+    return dtype;
+}
+
 void check_real(const at::Tensor &x, const char *op, const char *name, at::ScalarType dtype) {
     TORCH_CHECK(x.device().is_cpu(), "forcefield::", op, ": ", name, " must be a CPU tensor");
     TORCH_CHECK(x.scalar_type() == dtype, "forcefield::", op, ": ", name, " has dtype ",
@@ -191,9 +199,7 @@ struct ConvInputs {
     ConvInputs(const char *op, const at::Tensor &hg_, const c10::optional<at::Tensor> &wn_,
                const at::Tensor &r_, const at::Tensor &sh_, const at::Tensor &ysh_) {
         TORCH_CHECK(hg_.dim() == 4, "forcefield::", op, ": hg must be [N, C, n1, pp]");
-        const auto dtype = hg_.scalar_type();
-        TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "forcefield::", op,
-                    ": float32 or float64 tensors expected, got ", dtype);
+        const auto dtype = floating_dtype(hg_, op);
         check_real(hg_, op, "hg", dtype);
         check_real(r_, op, "r", dtype);
         check_real(sh_, op, "sh", dtype);
@@ -450,9 +456,7 @@ struct PowersInputs {
 
     PowersInputs(const char *op, const at::Tensor &a_, const at::Tensor &w_, const at::Tensor &y_,
                  const at::Tensor &proj_, int64_t nu0) {
-        const auto dtype = a_.scalar_type();
-        TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "forcefield::", op,
-                    ": float32 or float64 tensors expected, got ", dtype);
+        const auto dtype = floating_dtype(a_, op);
         check_real(a_, op, "a", dtype);
         check_real(w_, op, "w", dtype);
         check_real(y_, op, "y", dtype);
@@ -568,9 +572,7 @@ at::Tensor gaunt_grid(const at::Tensor &x1, const at::Tensor &x2, const at::Tens
                       const at::Tensor &azimuth_sin, const at::Tensor &output_cos,
                       const at::Tensor &output_sin) {
     const char *op = "gaunt_grid";
-    const auto dtype = x1.scalar_type();
-    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "forcefield::gaunt_grid: float32 or "
-                "float64 tensors expected, got ", dtype);
+    const auto dtype = floating_dtype(x1, op);
     check_real(x2, op, "x2", dtype);
     TORCH_CHECK(x1.dim() == 3 && x2.dim() == 3 && x1.size(0) == x2.size(0) &&
                     x1.size(1) == x2.size(1),
