@@ -173,3 +173,136 @@ def test_resume_a_finetune_keeps_it_a_finetune(base, tmp_path):
     assert resumed.config["channels"] == TINY["channels"]
     assert torch.equal(resumed.embedding.weight, load_model(base).embedding.weight)
     assert not torch.equal(resumed.readouts[0].weight, load_model(base).readouts[0].weight)
+
+
+# ---------------------------------------------------------------- the fine-tuning recipe
+def _printed_config(args: list[str], capsys) -> dict:
+    assert train_cli.main([*args, "--cfg"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_recipe_is_the_default_with_init_from_unless_given(base, capsys):
+    scratch = _printed_config([], capsys)
+    assert scratch["training"]["optimizer"]["lr"] == 0.01 and scratch["dtype"] == "float32"
+    fine = _printed_config([f"init_from={base}"], capsys)
+    recipe = fine["finetune"]["recipe"]
+    assert fine["training"]["optimizer"]["lr"] == recipe["optimizer"]["lr"] < 0.01
+    assert fine["training"]["scheduler"]["warmup_epochs"] == recipe["scheduler"]["warmup_epochs"]
+    assert fine["training"]["ema"]["warmup"] is False  # the EMA starts from the loaded weights
+    assert fine["training"]["stage_two"]["enabled"] == recipe["stage_two"]["enabled"]
+    assert fine["dtype"] == "float64"  # the model file's
+    assert fine["training"]["loss"] == scratch["training"]["loss"]  # not in the recipe
+    given = _printed_config([f"init_from={base}", "training.optimizer.lr=0.005", "dtype=float32",
+                             "training.stage_two={enabled: true}",
+                             "finetune.recipe.ema.decay=0.9"], capsys)
+    assert given["training"]["optimizer"]["lr"] == 0.005 and given["dtype"] == "float32"
+    assert given["training"]["stage_two"]["enabled"] is True
+    assert given["training"]["ema"]["decay"] == 0.9
+    off = _printed_config([f"init_from={base}", "finetune.recipe=null"], capsys)
+    assert off["training"] == scratch["training"]
+
+
+def test_recipe_key_that_names_no_training_setting(base, tmp_path, capsys):
+    code = train_cli.main([f"init_from={base}", "+finetune.recipe.optimizer.lrr=0.1",
+                           f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "finetune.recipe.optimizer.lrr names no training setting" in err
+
+
+def test_float64_model_finetuned_without_dtype_stays_float64(base, tmp_path):
+    """No dtype=: the run trains in the file's float64, so frozen weights stay bit-identical."""
+    out = tmp_path / "ft"
+    data = [a for a in DATA if not a.startswith("dtype=")]
+    assert train_cli.main([*data, *QUICK, "trainer.max_epochs=1", f"init_from={base}",
+                           "finetune.freeze=['^embedding']", f"output_dir={out}"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["dtype"] == "float64"
+    assert json.loads((out / "metrics.json").read_text())["dtype"] == "float64"
+    before, after = load_model(base), load_model(out / "model.pt")
+    assert after.embedding.weight.dtype == torch.float64
+    assert torch.equal(before.embedding.weight, after.embedding.weight)
+    assert not torch.equal(before.readouts[0].weight, after.readouts[0].weight)
+
+
+# ---------------------------------------------------------------- replay
+def test_replay_sampler_draws_its_fraction_every_epoch():
+    from forcefield.training.replay import ReplayBatchSampler
+
+    sampler = ReplayBatchSampler(n_new=30, n_replay=100, fraction=0.25, batch_size=4, seed=3)
+    draws = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        flat = [i for batch in sampler for i in batch]
+        assert sorted(i for i in flat if i < 30) == list(range(30))  # every new one once
+        replayed = [i for i in flat if i >= 30]
+        assert len(replayed) == 10 == len(set(replayed))  # 10 / (30 + 10) = 25 %
+        assert len(list(sampler)) == len(sampler)
+        draws.append(sorted(replayed))
+    assert draws[0] != draws[1]  # a fresh draw each epoch ...
+    sampler.set_epoch(0)
+    assert sorted(i for b in sampler for i in b if i >= 30) == draws[0]  # ... seeded by it
+    ranks = []
+    for rank in range(2):
+        sampler.set_distributed(2, rank)
+        ranks.append([i for batch in sampler for i in batch])
+    assert set(ranks[0]) | set(ranks[1]) >= set(range(30))
+    assert len(ranks[0]) >= len(ranks[1])
+
+
+def test_replay_mixes_original_data_and_reports_both(base, tmp_path, repo_data):
+    from ase.io import read, write
+
+    replay = tmp_path / "replay.xyz"
+    write(replay, read(repo_data / "3bpa" / "train_300K.xyz", "-30:"))
+    out = tmp_path / "ft"
+    assert train_cli.main([*DATA, *QUICK, "trainer.max_epochs=1", f"init_from={base}",
+                           f"finetune.replay={replay}", "finetune.replay_fraction=0.5",
+                           "finetune.replay_holdout=5", "export.enabled=false",
+                           f"output_dir={out}"]) == 0
+    report = json.loads((out / "metrics.json").read_text())["finetune"]
+    assert report["replay_structures"] == 25 and report["replay_fraction"] == 0.5
+    for when in ("before", "after"):
+        assert report[when]["original_holdout"]["n_structures"] == 5
+        assert report[when]["new_valid"]["n_structures"] == 4
+    assert report["after"]["new_valid"] != report["before"]["new_valid"]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2  # one epoch: 6 new + 6 replayed structures, batch 5 -> 3 steps
+    header, row = rows[0].split(","), rows[1].split(",")
+    assert row[header.index("step")] == "3"
+
+
+def test_replay_base_reads_the_model_files_training_data(tmp_path, capsys, base):
+    code = train_cli.main([*DATA, f"init_from={base}", "finetune.replay=base",
+                           f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"finetune.replay=base: {base} records no training data" in err
+
+
+def test_replay_data_with_other_elements_is_one_sentence(base, tmp_path, capsys):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    atoms = Atoms("HCl", positions=[[0, 0, 0], [0, 0, 1.3]])
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=[[0, 0, 0.1], [0, 0, -0.1]])
+    replay = tmp_path / "hcl.xyz"
+    write(replay, [atoms, atoms])
+    code = train_cli.main([*DATA, f"init_from={base}", f"finetune.replay={replay}",
+                           f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"finetune.replay={replay}: the replay data contains Cl (Z=17)" in err
+    assert "(it knows H, C, N, O)" in err and "leave finetune.replay out" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune.replay_fraction=1.5"], "finetune.replay_fraction=1.5 must be between 0 and 1"),
+    (["finetune.replay_holdout=-1"], "finetune.replay_holdout=-1 must be a whole number"),
+])
+def test_bad_replay_settings(base, args, message, tmp_path, capsys, repo_data):
+    code = train_cli.main([*DATA, f"init_from={base}",
+                           f"finetune.replay={repo_data / '3bpa' / 'train_300K.xyz'}", *args,
+                           f"output_dir={tmp_path / 'run'}"])
+    assert code == 2 and message in capsys.readouterr().err

@@ -7,7 +7,7 @@ the first epoch of a short fine-tune. The recipe is plain config: it is merged i
 ``training`` when the config is composed, so ``forcefield train init_from=... --cfg`` shows
 the values a run will use, and every key given on the command line wins over it
 (``training.optimizer.lr=...``; ``finetune.recipe.X=...`` changes the recipe itself;
-``finetune.recipe={}`` turns it off). A resumed run starts from its saved config.yaml, where
+``finetune.recipe=null`` turns it off). A resumed run starts from its saved config.yaml, where
 the recipe is already applied, so nothing here runs twice.
 """
 
@@ -52,7 +52,7 @@ def recipe_entries(cfg: DictConfig, given: set[str]) -> list[tuple[str, Any]]:
         return []
     if not isinstance(recipe, DictConfig):
         raise ConfigError(f"finetune.recipe must be a mapping of training.* values, got "
-                          f"{recipe!r}; use finetune.recipe={{}} to train with training.* as is")
+                          f"{recipe!r}; use finetune.recipe=null to train with training.* as is")
     plain = OmegaConf.to_container(recipe, resolve=True)
     entries = []
     for path, value in _leaves(plain, "training"):

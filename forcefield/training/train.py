@@ -415,8 +415,10 @@ def training_data(dm) -> list[str]:
     train_data = getattr(dm, "train_data", None)
     if not isinstance(train_data, list) or not hasattr(dm, "_fit_sources"):
         return []
+    train_file = getattr(dm, "train_file", None)  # 3BPA: not its isolated-atoms file
     try:
-        return [str(Path(p).resolve()) for p in dm._fit_sources()]
+        sources = [train_file] if train_file is not None else dm._fit_sources()
+        return [str(Path(p).resolve()) for p in sources]
     except (OSError, ValueError):
         return []
 
