@@ -32,12 +32,17 @@ def read_candidates(cfg: DictConfig) -> tuple[list, list[str]]:
     """(structures, a name for each: file#frame) of ``candidates``; one sentence for a file
     that is missing, unreadable or empty."""
     from forcefield.data.errors import DataError
-    from forcefield.data.readers import iter_records
+    from forcefield.data.readers import expand_sources, iter_records
 
     source = cfg.candidates
     sources = [str(v) for v in source] if isinstance(source, (list, ListConfig)) else str(source)
     structures, names = [], []
     try:
+        for path in expand_sources(sources):
+            if path.is_file() and not _head(path).strip():
+                raise ConfigError(f"candidates={path}: the file holds no structures (it is "
+                                  "empty); give an extxyz, ASE-readable file or MD trajectory "
+                                  "with at least one frame")
         for atoms, path, index in iter_records(sources, index=cfg.index):
             structures.append(atoms)
             names.append(f"{Path(str(path)).name}#{index}")
@@ -51,6 +56,11 @@ def read_candidates(cfg: DictConfig) -> tuple[list, list[str]]:
         raise ConfigError(f"candidates={source}: no structures found; give an extxyz, "
                           "ASE-readable file or MD trajectory with at least one frame")
     return structures, names
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(1 << 16)
 
 
 def run(cfg: DictConfig) -> int:
