@@ -124,7 +124,7 @@ def main() -> int:
                              log=out / f"run{k}.log")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         results[name] = {"overrides": overrides, "fit_time_s": metrics["fit_time_s"],
-                         "wall_s": seconds, "epochs": metrics["epochs_completed"] + 1,
+                         "wall_s": seconds, "epochs": metrics["epochs_completed"],
                          "best_epoch": metrics.get("best_epoch"),
                          "errors": evaluate(run_dir / "model.pt", held, out / f"eval{k}")}
         (out / "bench_finetune.json").write_text(json.dumps(results, indent=2))
