@@ -103,9 +103,9 @@ output_dir: selected.extxyz (best first; select_rank, select_score, select_sourc
 select_index in info) and select_summary.json (every candidate's scores and rank).""",
     run=run,
     examples=(
-        "forcefield train -m seed=0,1,2,3 output_dir=runs/committee",
-        "forcefield md model=runs/committee/0_seed=0/model.pt structure=start.xyz steps=2000",
         "forcefield select models='runs/committee/*/model.pt' candidates=md.traj top=50",
+        "forcefield select models=[a/model.pt,b/model.pt,c/model.pt] candidates=pool.xyz \\",
+        "    index='::10' score=forces_std_mean output_dir=runs/select",
         "forcefield train init_from=runs/committee/0_seed=0/model.pt data=ase "
         "data.train=labelled.xyz",
     ),
