@@ -306,3 +306,50 @@ def test_bad_replay_settings(base, args, message, tmp_path, capsys, repo_data):
                            f"finetune.replay={repo_data / '3bpa' / 'train_300K.xyz'}", *args,
                            f"output_dir={tmp_path / 'run'}"])
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finetune_of_a_trained_model_with_replay_keeps_the_original_error(tmp_path, repo_data):
+    """A small model trained on 300K, fine-tuned with the recipe on 600K structures: the
+    held-out 600K error falls, and replaying 300K data keeps the 300K error below the
+    fine-tune without replay."""
+    from ase.io import read, write
+
+    tests = repo_data / "3bpa" / "derived_mdbenchgnn"
+    base_run = tmp_path / "base"
+    assert train_cli.main([
+        "data.train_size=150", "data.valid_size=10", "data.stats_cache=false",
+        "trainer.max_time=null", "trainer.max_epochs=20", "model.channels=8",
+        "model.radial_mlp=[8]", "test.enabled=false", "trainer.enable_progress_bar=false",
+        f"output_dir={base_run}"]) == 0
+    hot = read(tests / "test_600K.xyz", ":70")
+    write(tmp_path / "ft.xyz", hot[:40])
+    write(tmp_path / "hot.xyz", hot[40:])
+    write(tmp_path / "cold.xyz", read(tests / "test_300K.xyz", ":30"))
+    write(tmp_path / "replay.xyz", read(repo_data / "3bpa" / "train_300K.xyz", ":80"))
+
+    def errors(model: Path) -> dict[str, float]:
+        out = tmp_path / f"eval_{model.parent.name}"
+        assert evaluate_cli.main([f"model={model}", "data=ase",
+                                  f"data.test={{hot: {tmp_path / 'hot.xyz'}, "
+                                  f"cold: {tmp_path / 'cold.xyz'}}}",
+                                  "predictions=false", "plots=false", f"output_dir={out}"]) == 0
+        test = json.loads((out / "metrics.json").read_text())["test"]
+        return {k: v["forces_rmse_meV_A"] for k, v in test.items()}
+
+    runs = {}
+    for name, extra in {"plain": [], "replay": [f"finetune.replay={tmp_path / 'replay.xyz'}",
+                                                "finetune.replay_fraction=0.5"]}.items():
+        out = tmp_path / name
+        assert train_cli.main(["data=ase", f"data.train={tmp_path / 'ft.xyz'}",
+                               "data.stats_cache=false", "trainer.max_time=null",
+                               "trainer.max_epochs=3", "test.enabled=false",
+                               "trainer.enable_progress_bar=false",
+                               f"init_from={base_run / 'model.pt'}", *extra,
+                               f"output_dir={out}"]) == 0
+        runs[name] = errors(out / "model.pt")
+    before = errors(base_run / "model.pt")
+    assert runs["plain"]["hot"] < before["hot"]
+    assert runs["replay"]["hot"] < before["hot"]
+    assert runs["replay"]["cold"] < runs["plain"]["cold"]
+    print(before, runs)

@@ -56,9 +56,9 @@ def recipe_entries(cfg: DictConfig, given: set[str]) -> list[tuple[str, Any]]:
     plain = OmegaConf.to_container(recipe, resolve=True)
     entries = []
     for path, value in _leaves(plain, "training"):
-        parent = path.rsplit(".", 1)[0]
-        if OmegaConf.select(cfg, parent, default=None) is None or path.split(".")[-1] not in \
-                OmegaConf.select(cfg, parent):
+        parent, _, key = path.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        if not isinstance(node, DictConfig) or key not in node:
             raise ConfigError(
                 f"finetune.recipe{path.removeprefix('training')} names no training setting "
                 f"({path} is not in conf/train.yaml); check the spelling")
