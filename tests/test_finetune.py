@@ -318,8 +318,8 @@ def test_finetune_of_a_trained_model_with_replay_keeps_the_original_error(tmp_pa
     tests = repo_data / "3bpa" / "derived_mdbenchgnn"
     base_run = tmp_path / "base"
     assert train_cli.main([
-        "data.train_size=150", "data.valid_size=10", "data.stats_cache=false",
-        "trainer.max_time=null", "trainer.max_epochs=20", "model.channels=8",
+        "data.train_size=100", "data.valid_size=10", "data.stats_cache=false",
+        "trainer.max_time=null", "trainer.max_epochs=15", "model.channels=8",
         "model.radial_mlp=[8]", "test.enabled=false", "trainer.enable_progress_bar=false",
         f"output_dir={base_run}"]) == 0
     hot = read(tests / "test_600K.xyz", ":70")
@@ -342,9 +342,9 @@ def test_finetune_of_a_trained_model_with_replay_keeps_the_original_error(tmp_pa
                                                 "finetune.replay_fraction=0.5"]}.items():
         out = tmp_path / name
         assert train_cli.main(["data=ase", f"data.train={tmp_path / 'ft.xyz'}",
-                               "data.stats_cache=false", "trainer.max_time=null",
-                               "trainer.max_epochs=3", "test.enabled=false",
-                               "trainer.enable_progress_bar=false",
+                               "data.stats_cache=false", "data.batch_size=2",
+                               "trainer.max_time=null", "trainer.max_epochs=4",
+                               "test.enabled=false", "trainer.enable_progress_bar=false",
                                f"init_from={base_run / 'model.pt'}", *extra,
                                f"output_dir={out}"]) == 0
         runs[name] = errors(out / "model.pt")
