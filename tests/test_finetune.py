@@ -353,3 +353,31 @@ def test_finetune_of_a_trained_model_with_replay_keeps_the_original_error(tmp_pa
     assert runs["replay"]["hot"] < before["hot"]
     assert runs["replay"]["cold"] < runs["plain"]["cold"]
     print(before, runs)
+
+
+def test_an_energy_offset_is_named_and_reset_e0s_reported(base, tmp_path, repo_data, capsys):
+    """Labels 0.5 eV/atom above the model's reference: the run says so before training and
+    names the fix; with reset_statistics=[e0s] it prints the re-estimated E0s instead."""
+    from ase.io import read, write
+
+    frames = read(repo_data / "3bpa" / "train_300K.xyz", ":12")
+    for atoms in frames:
+        atoms.calc.results["energy"] += 0.5 * len(atoms)
+    shifted = tmp_path / "shifted.xyz"
+    write(shifted, frames)
+    common = ["data=ase", f"data.train={shifted}", "data.stats_cache=false",
+              "data.valid_fraction=0.25", "trainer.max_time=null", "trainer.max_epochs=1",
+              *QUICK, "export.enabled=false", f"init_from={base}"]
+    assert train_cli.main([*common, f"output_dir={tmp_path / 'kept'}"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: before fine-tuning" in out and "finetune.reset_statistics=[e0s]" in out
+    offset = json.loads((tmp_path / "kept" / "metrics.json").read_text())["finetune"][
+        "before"]["new_valid"]["energy_per_atom_mean_error_meV"]
+    assert offset < -400  # the model is 0.5 eV/atom below the shifted labels
+    shifted_e0s = {z: e + 0.5 for z, e in TINY["e0s"].items()}  # one composition: no fit
+    assert train_cli.main([*common, "finetune.reset_statistics=[e0s]",
+                           f"data.e0s={json.dumps(shifted_e0s).replace(chr(34), '')}",
+                           f"output_dir={tmp_path / 'reset'}"]) == 0
+    out = capsys.readouterr().out
+    assert "E0s re-estimated from the new training data (eV): H -13.5870 -> -13.0870" in out
+    assert "warning: before fine-tuning" not in out
