@@ -191,7 +191,8 @@ def test_recipe_is_the_default_with_init_from_unless_given(base, capsys):
     assert fine["training"]["ema"]["warmup"] is False  # the EMA starts from the loaded weights
     assert fine["training"]["stage_two"]["enabled"] == recipe["stage_two"]["enabled"]
     assert fine["dtype"] == "float64"  # the model file's
-    assert fine["training"]["loss"] == scratch["training"]["loss"]  # not in the recipe
+    loss = dict(scratch["training"]["loss"], energy_weight=recipe["loss"]["energy_weight"])
+    assert fine["training"]["loss"] == loss  # only the recipe's loss key changes
     given = _printed_config([f"init_from={base}", "training.optimizer.lr=0.005", "dtype=float32",
                              "training.stage_two={enabled: true}",
                              "finetune.recipe.ema.decay=0.9"], capsys)
