@@ -353,7 +353,6 @@ def test_finetune_of_a_trained_model_with_replay_keeps_the_original_error(tmp_pa
     assert runs["plain"]["hot"] < before["hot"]
     assert runs["replay"]["hot"] < before["hot"]
     assert runs["replay"]["cold"] < runs["plain"]["cold"]
-    print(before, runs)
 
 
 def test_an_energy_offset_is_named_and_reset_e0s_reported(base, tmp_path, repo_data, capsys):
