@@ -272,7 +272,20 @@ def test_replay_mixes_original_data_and_reports_both(base, tmp_path, repo_data):
     assert row[header.index("step")] == "3"
 
 
-def test_replay_base_reads_the_model_files_training_data(tmp_path, capsys, base):
+def test_train_records_its_data_and_replay_base_reads_it(tmp_path, repo_data):
+    from forcefield.model_files import read_any
+    from forcefield.training.replay import replay_sources
+
+    out = tmp_path / "base"
+    assert train_cli.main([*DATA, *QUICK, "trainer.max_epochs=1", "model.channels=8",
+                           "model.radial_mlp=[8]", f"output_dir={out}"]) == 0
+    recorded = read_any(out / "model.pt")[1]["metadata"]["training_data"]
+    assert recorded == [str((repo_data / "3bpa" / "train_300K.xyz").resolve())]
+    assert replay_sources("base", str(out / "model.pt")) == recorded
+    assert replay_sources(["a.xyz", "b.xyz"], "unused") == ["a.xyz", "b.xyz"]
+
+
+def test_replay_base_without_recorded_data_is_one_sentence(tmp_path, capsys, base):
     code = train_cli.main([*DATA, f"init_from={base}", "finetune.replay=base",
                            f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip()
