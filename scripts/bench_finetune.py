@@ -11,11 +11,17 @@ Reproduces the figures of docs/finetuning.md (issue 25):
 3. each model (and the base model) is evaluated with ``forcefield evaluate`` on the held-out
    600K structures and on the whole 300K test set.
 
+4. with ``--committee``: ``forcefield select`` ranks a pool (the 300 fine-tuning 600K
+   structures + 200 300K test structures) and fine-tuning on its top ``--select-top`` is
+   compared with fine-tuning on as many random pool structures (600K error, three seeds).
+
 Usage (the base model: ``forcefield train output_dir=runs/base``, ~10 min)::
 
     python scripts/bench_finetune.py --base runs/base/model.pt --out runs/bench_ft
     python scripts/bench_finetune.py --base runs/base/model.pt --out runs/grid \\
         --variant lr3e-3='training.optimizer.lr=0.003' --no-defaults
+    python scripts/bench_finetune.py --base runs/base/model.pt --out runs/bench_select \\
+        --committee runs/committee/*/model.pt --select-only
 
 Writes ``<out>/bench_finetune.json`` and prints a Markdown table (force RMSE in meV/A,
 energy RMSE in meV, wall time of the fit).
@@ -76,6 +82,50 @@ def evaluate(model: Path, held: Path, out: Path) -> dict[str, dict[str, float]]:
     return json.loads((out / "metrics.json").read_text())["test"]
 
 
+def select_benchmark(args: argparse.Namespace, out: Path, train: Path, held: Path,
+                     common: list[str]) -> dict[str, dict]:
+    """Fine-tuning on the ``--select-top`` structures that ``forcefield select`` ranks
+    highest in a pool (the 300 fine-tuning 600K structures + the last 200 of the 300K test
+    set) against as many random structures of the pool; 600K error, three seeds each."""
+    from ase.io import read, write
+
+    pool = out / "pool.xyz"
+    write(str(pool), read(str(TEST_300K), "-200:") + read(str(train), ":"))
+    models = "[" + ",".join(str(m.resolve()) for m in args.committee) + "]"
+    forcefield("select", f"models={models}", f"candidates={pool}", f"top={args.select_top}",
+               f"output_dir={out / 'select'}", log=out / "select.log")
+    summary = json.loads((out / "select" / "select_summary.json").read_text())
+    frames = read(str(pool), ":")
+    n = len(frames)
+    results: dict[str, dict] = {"pool": {"n": n, "n_600K": n - 200}}
+    for seed in range(3):
+        picks = {"selected": out / "select" / "selected.extxyz"}
+        chosen = np.random.default_rng(100 + seed).choice(n, args.select_top, replace=False)
+        picks["random"] = out / f"random_{seed}.xyz"
+        write(str(picks["random"]), [frames[i] for i in sorted(chosen)])
+        for name, data in picks.items():
+            run_dir = out / f"sel_{name}_{seed}"
+            overrides = [f"data.train={data}", f"init_from={args.base.resolve()}",
+                         f"trainer.max_epochs={args.epochs}", f"seed={seed}"]
+            forcefield("train", *[c for c in common if not c.startswith("data.train=")],
+                       *overrides, f"output_dir={run_dir}", log=run_dir.with_suffix(".log"))
+            forcefield("evaluate", f"model={run_dir / 'model.pt'}", "data=ase",
+                       f"data.test={{600K: '{held}'}}", "predictions=false", "plots=false",
+                       f"output_dir={run_dir / 'eval'}", log=run_dir.with_suffix(".eval.log"))
+            test = json.loads((run_dir / "eval" / "metrics.json").read_text())["test"]
+            entry = results.setdefault(name, {"forces_rmse_meV_A": []})
+            entry["forces_rmse_meV_A"].append(test["600K"]["forces_rmse_meV_A"])
+    selected_600k = sum(c["index"] >= 200 for c in summary["candidates"]
+                        if c["rank"] <= args.select_top)
+    results["selected"]["n_600K"] = selected_600k
+    for name in ("selected", "random"):
+        values = results[name]["forces_rmse_meV_A"]
+        print(f"fine-tuned on {args.select_top} {name} pool structures: 600K forces RMSE "
+              f"{np.mean(values):.1f} meV/A (seeds: {', '.join(f'{v:.1f}' for v in values)})")
+    print(f"600K structures among the selected: {selected_600k} of {args.select_top}")
+    return results
+
+
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     """name -> ``forcefield train`` overrides of every variant to run."""
     out: dict[str, list[str]] = {}
@@ -104,14 +154,25 @@ def main() -> int:
     parser.add_argument("--scratch-epochs", type=int, default=0,
                         help="also train a new model on the 300 structures for this many "
                              "epochs (0: skip)")
+    parser.add_argument("--committee", type=Path, nargs="+", default=[],
+                        help="model files of a committee: also compare fine-tuning on the "
+                             "structures forcefield select ranks highest with random ones")
+    parser.add_argument("--select-top", type=int, default=100)
+    parser.add_argument("--select-only", action="store_true",
+                        help="with --committee: only the selection comparison")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     train, held = split_600k(out, args.n_train, args.n_heldout, args.seed)
-    results: dict[str, dict] = {"base": {"errors": evaluate(args.base.resolve(), held,
-                                                             out / "eval_base")}}
     common = ["data=ase", f"data.train={train}", "data.stats_cache=false",
               "trainer.max_time=null", "test.enabled=false", "trainer.enable_progress_bar=false"]
+    if args.committee:
+        selection = select_benchmark(args, out, train, held, common)
+        (out / "bench_select.json").write_text(json.dumps(selection, indent=2))
+        if args.select_only:
+            return 0
+    results: dict[str, dict] = {"base": {"errors": evaluate(args.base.resolve(), held,
+                                                             out / "eval_base")}}
     runs = {name: [f"init_from={args.base.resolve()}", f"trainer.max_epochs={args.epochs}",
                    *extra] for name, extra in variants(args).items()}
     if args.scratch_epochs:
