@@ -38,6 +38,8 @@ from forcefield.atomic_io import atomic_path, atomic_write_json
 from forcefield.errors import ForceFieldError
 
 SCORES = ("forces_std_max", "forces_std_mean", "energy_std_per_atom")
+LABELS = ("energy", "free_energy", "forces", "stress")
+"""Labels a candidate carries that its written copy keeps."""
 
 
 class SelectError(ForceFieldError):
@@ -81,6 +83,19 @@ def rank(scores: Sequence[dict[str, float]], score: str) -> np.ndarray:
     return np.argsort(-values, kind="stable")
 
 
+def _with_labels(atoms: Atoms) -> Atoms:
+    """A copy of ``atoms`` that keeps the labels it was read with (``Atoms.copy`` drops
+    the calculator that holds them), so a labelled pool's selection trains as it is."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = atoms.copy()
+    results = dict(getattr(atoms.calc, "results", None) or {})
+    labels = {k: v for k, v in results.items() if k in LABELS}
+    if labels:
+        out.calc = SinglePointCalculator(out, **labels)
+    return out
+
+
 def select_structures(calc: Any, structures: Sequence[Atoms], output_dir: str | Path,
                       top: int = 100, score: str = SCORES[0],
                       names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -103,7 +118,7 @@ def select_structures(calc: Any, structures: Sequence[Atoms], output_dir: str | 
     out.mkdir(parents=True, exist_ok=True)
     selected = []
     for position, i in enumerate(chosen):
-        atoms = structures[i].copy()
+        atoms = _with_labels(structures[i])
         atoms.info.update({"select_rank": position + 1, "select_score": scores[i][score],
                            "select_source": names[i], "select_index": int(i)})
         selected.append(atoms)

@@ -66,7 +66,11 @@ def test_writes_the_top_n_with_the_committee_spread(committee, candidates, tmp_p
     assert [a.info["select_rank"] for a in selected] == [1, 2, 3]
     assert selected[0].info["select_score"] == pytest.approx(scores[0])
     assert selected[0].info["select_source"] == f"candidates.xyz#{by_rank[0]['index']}"
-    np.testing.assert_allclose(selected[0].positions, frames[by_rank[0]["index"]].positions)
+    first = frames[by_rank[0]["index"]]
+    np.testing.assert_allclose(selected[0].positions, first.positions)
+    # a labelled pool's selection keeps its labels (DFT energies and forces), not the model's
+    assert selected[0].get_potential_energy() == pytest.approx(first.get_potential_energy())
+    np.testing.assert_allclose(selected[0].get_forces(), first.get_forces())
 
 
 def test_glob_of_models_and_another_score(committee, candidates, tmp_path):
