@@ -18,7 +18,8 @@ from forcefield.errors import ConfigError, ForceFieldError, RunError
 #: the least each command needs for its config to be complete
 GIVEN = {"train": [], "evaluate": ["model=m.pt"], "export": ["checkpoint=c.ckpt", "output=m.pt"],
          "md": ["model=m.pt", "structure=s.xyz"], "relax": ["model=m.pt", "structure=s.xyz"],
-         "convert": ["input=a.xyz", "output=out"]}
+         "convert": ["input=a.xyz", "output=out"],
+         "select": ["models=m*.pt", "candidates=c.xyz"]}
 
 
 def _top_level_keys(name: str) -> list[str]:

@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "relax": ("forcefield.cli.relax",
               "relax structures (FIRE/BFGS/LBFGS, fixed atoms, cell) with a trained model"),
     "md": ("forcefield.cli.md", "run molecular dynamics with a trained model through ASE"),
+    "select": ("forcefield.cli.select",
+               "rank structures by committee disagreement: which ones to label next"),
     "convert": ("forcefield.cli.convert",
                 "write sharded .aselmdb + metadata.npz (or one ASE db) from any data source"),
 }

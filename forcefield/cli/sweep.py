@@ -108,9 +108,11 @@ def _sweep_dir(overrides: list[str]) -> tuple[list[str], Path]:
 
 def _check_job(cl: CommandLine, overrides: Sequence[str]):
     """Compose and validate one job's config: a bad key or value stops the sweep early."""
+    from forcefield.training.recipe import apply_recipe
     from forcefield.training.train import validate_train_config
 
     cfg = compose_config(cl.config_name, overrides, cl.config_dir)
+    apply_recipe(cfg, overrides)  # as the job's own forcefield train will
     validate_train_config(cfg)
     return cfg
 
@@ -233,8 +235,11 @@ def hydra_job(cfg) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
+    from forcefield.training.recipe import apply_recipe
+
     with read_write(cfg):
         cfg.output_dir = str(out)
+        apply_recipe(cfg, list(hydra_cfg.overrides.task))  # init_from: finetune.recipe
     code = train(cfg)
     if code != 0:
         raise RunError(f"the job in {out} failed (exit code {code})")

@@ -77,7 +77,11 @@ def compose_train(cl: CommandLine) -> DictConfig:
         if not any(o.startswith("output_dir=") for o in overrides):
             cfg.output_dir = str(run_dir)
         return cfg
-    return compose_config(cl.config_name, overrides, cl.config_dir)
+    cfg = compose_config(cl.config_name, overrides, cl.config_dir)
+    from forcefield.training.recipe import apply_recipe
+
+    apply_recipe(cfg, overrides)  # init_from: the fine-tuning recipe (finetune.recipe)
+    return cfg
 
 
 def _multirun(cl: CommandLine) -> int:

@@ -8,6 +8,10 @@ given trains the model further. ``finetune`` settings::
     freeze: []             # regexes of parameter names kept fixed (bit-identical)
     reinitialize: []       # regexes of parameters started afresh (at training.optimizer.lr)
     pretrained_lr: null    # lr of the weights taken from PATH (null: training.optimizer.lr)
+    recipe: {...}          # training.* values of a fine-tune (recipe.py)
+    replay: null           # original data mixed into every epoch (replay.py)
+    replay_fraction: 0.25
+    replay_holdout: 50
 
 Every element of the new training data must be one the model knows. Resuming a fine-tune
 (``ckpt_path=``) rebuilds the model from the run's config.yaml and the checkpoint, as any
@@ -25,7 +29,10 @@ import torch
 
 from forcefield.training.config import ConfigError
 
-FINETUNE_KEYS = ("reset_statistics", "freeze", "reinitialize", "pretrained_lr")
+FINETUNE_KEYS = ("reset_statistics", "freeze", "reinitialize", "pretrained_lr", "recipe",
+                 "replay", "replay_fraction", "replay_holdout")
+"""``recipe`` is merged into ``training`` when the config is composed (recipe.py); the
+``replay*`` keys are read by replay.py."""
 RESETTABLE = {"e0s": "e0s", "shift": "mean_interaction_energy_per_atom",
               "scale": "force_rms"}
 """``finetune.reset_statistics`` entry -> the DatasetStatistics field that replaces it."""
@@ -63,6 +70,13 @@ def check_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
                 raise ConfigError(f"finetune.{key}: {pattern!r} is not a regex ({exc})") from exc
     lr = cfg.get("pretrained_lr")
     out["pretrained_lr"] = None if lr is None else float(lr)
+    out["replay"] = cfg.get("replay")
+    out["replay_fraction"] = cfg.get("replay_fraction", 0.25)
+    holdout = cfg.get("replay_holdout", 50)
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+        raise ConfigError(f"finetune.replay_holdout={holdout!r} must be a whole number >= 0 "
+                          "(replay structures kept out of training to report their error)")
+    out["replay_holdout"] = holdout
     return out
 
 

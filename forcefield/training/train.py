@@ -26,6 +26,7 @@ from forcefield.training.config import (
     check_missing,
     to_container,
 )
+from forcefield.training.finetune_report import FineTuneReport
 from forcefield.training.io import atomic_write_json, jsonable
 from forcefield.training.loaders import (
     as_list,
@@ -276,6 +277,8 @@ def train(cfg: DictConfig) -> int:
             _echo(f"forcefield train: fine-tuning from {init_from} with {len(frozen)} frozen "
                   "parameter tensors")
     model = model.to(resolve_dtype(dtype))
+    fine = FineTuneReport.start(cfg, settings, model, pretrained, dm, r_max) if init_from \
+        else None
     module = ForceFieldModule(model=model, training=training_cfg, dtype=dtype, oc20=oc20)
 
     train_loader = dm.train_dataloader()
@@ -293,6 +296,9 @@ def train(cfg: DictConfig) -> int:
     callbacks += user_callbacks
     trainer = build_trainer(to_container(cfg.trainer), out, callbacks, loggers)
     rank, world = trainer.global_rank, trainer.world_size
+    if fine is not None and fine.replay:
+        train_loader = fine.mix_into(train_loader, seed)
+        train_loader.batch_sampler.set_distributed(world, rank)
     train_loader = rebuild_loader(train_loader, True, rank, world, seed)
     val_loaders = [rebuild_loader(v, False, rank, world, seed, repeat=False) for v in val_loaders]
 
@@ -356,6 +362,8 @@ def train(cfg: DictConfig) -> int:
     close_loggers(loggers)  # every scalar on disk before the run directory is complete
     if not is_zero:
         return 0
+    if fine is not None:
+        fine.finish(module.eval_model())
     val = {k: v for k, v in module.last_val.items()}
     summary = {
         "test": results,
@@ -367,6 +375,8 @@ def train(cfg: DictConfig) -> int:
         "dtype": dtype,
         "data": str(cfg.data.get("_target_", "")),
     }
+    if fine is not None:
+        summary["finetune"] = fine.summary()
     atomic_write_json(out / "metrics.json", jsonable(summary))
     if module.test_predictions:
         from forcefield.training.plots import write_parity_plots
@@ -386,14 +396,31 @@ def train(cfg: DictConfig) -> int:
         save_model(out / "model.pt", net,
                    metadata={"source_checkpoint": str(best), "best_epoch": best_epoch,
                              "test": jsonable(results), "dtype": export_dtype,
-                             "training_dtype": dtype})
+                             "training_dtype": dtype, "training_data": training_data(dm)})
     if results:
         from forcefield.training.metrics import format_table
 
         _echo("\nTest errors (best checkpoint, EMA weights):")
         _echo(format_table(results, oc20=oc20))
+    if fine is not None and fine.after:
+        _echo("\nFine-tuning (before -> after, best checkpoint, EMA weights):")
+        _echo(fine.text())
     _echo(f"\nfit time {fit_time / 60:.1f} min; run directory: {out}")
     return 0
+
+
+def training_data(dm) -> list[str]:
+    """The files a run trained on, recorded in model.pt so that a later fine-tune can
+    replay them (``finetune.replay=base``); none for streamed data."""
+    train_data = getattr(dm, "train_data", None)
+    if not isinstance(train_data, list) or not hasattr(dm, "_fit_sources"):
+        return []
+    train_file = getattr(dm, "train_file", None)  # 3BPA: not its isolated-atoms file
+    try:
+        sources = [train_file] if train_file is not None else dm._fit_sources()
+        return [str(Path(p).resolve()) for p in sources]
+    except (OSError, ValueError):
+        return []
 
 
 def describe_statistics_source(stats) -> str:
