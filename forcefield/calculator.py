@@ -31,6 +31,7 @@ from ase.data import chemical_symbols
 
 from forcefield.data.errors import DataError
 from forcefield.data.neighbours import check_cell
+from forcefield.direct_forces import check_direct_forces
 from forcefield.errors import ForceFieldError
 from forcefield.export import load_model, resolve_dtype
 
@@ -56,6 +57,9 @@ class ForceFieldCalculator(Calculator):
             fully periodic cell in the same backward pass as the forces (one model call
             serves ``get_forces`` and ``get_stress``); False computes it only when asked.
         neighbour_backend: ``"vesin"`` (default, fast) or ``"ase"``.
+        allow_direct_forces: use a direct-force model (``model.forces=direct``, forces not
+            -dE/dx) anyway, with one warning; by default such a model is refused
+            (:mod:`forcefield.direct_forces`). ``calc.direct_forces`` tells which it is.
 
     Results: ``energy`` and ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
     (eV/A), ``stress`` (Voigt xx, yy, zz, yz, xz, xy; eV/A^3, ASE sign) for structures
@@ -72,6 +76,7 @@ class ForceFieldCalculator(Calculator):
         dtype: str | torch.dtype | None = None,
         compute_stress: str | bool = "auto",
         neighbour_backend: str = "vesin",
+        allow_direct_forces: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +90,7 @@ class ForceFieldCalculator(Calculator):
         if not sources:
             raise ValueError("ForceFieldCalculator needs at least one model")
         self.models = [self._load(src) for src in sources]
+        self.direct_forces = check_direct_forces(self.models, allow_direct_forces)
         first = self.models[0]
         self.dtype = next(first.parameters()).dtype
         config = getattr(first, "config", {}) or {}

@@ -38,7 +38,8 @@ def run(cfg: DictConfig) -> int:
     check_dtype(cfg.dtype)
     atoms = read_structure(str(cfg.structure), int(cfg.structure_index))
     net, _ = load_network(str(cfg.model), dtype=cfg.dtype, device=str(cfg.device))
-    calc = ForceFieldCalculator(net, device=str(cfg.device), dtype=cfg.dtype)
+    calc = ForceFieldCalculator(net, device=str(cfg.device), dtype=cfg.dtype,
+                                allow_direct_forces=bool(cfg.allow_direct_forces))
     calc.check_atoms(atoms)
     out = Path(str(cfg.output_dir))
     summary = run_md(calc, atoms, ensemble=str(cfg.ensemble),

@@ -29,7 +29,8 @@ def run(cfg: DictConfig) -> int:
         raise ConfigError(f"structure: {exc}") from exc
     # the stress (a third of the cost per step) only where the cell relaxes
     calc = ForceFieldCalculator(net, device=str(cfg.device),
-                                compute_stress="auto" if cfg.relax_cell else False)
+                                compute_stress="auto" if cfg.relax_cell else False,
+                                allow_direct_forces=bool(cfg.allow_direct_forces))
     out = Path(str(cfg.output_dir)).expanduser().resolve()
     summary = relax_structures(
         calc, structures, out, optimizer=str(cfg.optimizer), fmax=fmax, steps=steps,
