@@ -1,6 +1,7 @@
 """The GauntEquiformerV2 presets beside fairchem's EquiformerV2 (31M, 83M, 153M), the
 switches that match the reference (grid normalisation, projection bias, edge embedding
-init, force-head dropout), and model files written before those switches existed."""
+init, force-head dropout) or lower the rotation error (the grid MLPs' degree), and model
+files written before those switches existed."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_files_written_before_the_switches_load_unchanged(tmp_path):
     path = tmp_path / "model.pt"
     save_model(path, model)
     payload = read_model_file(path)
-    for key in ("grid_normalization", "force_alpha_drop"):
+    for key in ("grid_normalization", "force_alpha_drop", "ffn_grid_degree"):
         del payload["config"][key]
     payload["state_dict"] = {k: v for k, v in payload["state_dict"].items()
                              if not k.endswith("project_bias")}
@@ -108,6 +109,8 @@ def test_files_written_before_the_switches_load_unchanged(tmp_path):
     torch.save(payload, legacy)
     loaded = load_model(legacy)
     assert loaded.config["grid_normalization"] == "integral"
+    assert loaded.config["ffn_grid_degree"] is None
+    assert loaded.blocks[0].ffn.grid.grid_degree == loaded.config["grid_degree"]
     from test_model import batch_of
 
     data = batch_of(random_molecule())
@@ -120,6 +123,17 @@ def test_files_written_before_the_switches_load_unchanged(tmp_path):
     assert float((component(data)["energy"] - expected["energy"]).abs()) > 1e-6
 
 
-def test_bad_grid_normalization_names_the_key():
+def test_bad_grid_settings_name_the_key():
     with pytest.raises(ValueError, match="model.grid_normalization"):
         make_eqv2(grid_normalization="norm")
+    with pytest.raises(ValueError, match=r"model.ffn_grid_degree=3 is below 2 lmax = 4"):
+        make_eqv2(ffn_grid_degree=3)
+    with pytest.raises(ValueError, match=r"model.grid_degree=2 is below"):
+        make_eqv2(grid_degree=2)
+
+
+def test_ffn_grid_degree_sets_the_grid_mlps_only():
+    model = make_eqv2(ffn_grid_degree=30)
+    assert model.blocks[0].ffn.grid.grid_degree == 30
+    assert model.energy_ffn.grid.grid_degree == 30
+    assert model.blocks[0].attention.activation.grid.grid_degree == model.config["grid_degree"]
