@@ -64,7 +64,8 @@ COMMAND = Command(
     description="""\
 Run molecular dynamics with a trained model (model.pt) through ASE: NVE (velocity Verlet)
 or Langevin NVT from Maxwell-Boltzmann velocities. Writes md.traj, md.log and
-md_summary.json (energy drift per atom, steps per second) into output_dir.""",
+md_summary.json (energy drift per atom, steps per second) into output_dir. A direct-force
+model (model.forces=direct) is refused unless allow_direct_forces=true.""",
     run=run,
     examples=(
         "forcefield md model=runs/x/model.pt structure=data/3bpa/train_300K.xyz steps=2000",
