@@ -135,15 +135,12 @@ def test_esen_recipe_direct_then_gradient(repo_data, tmp_path):
     frames = read(repo_data / "3bpa" / "train_300K.xyz", "-10:")
     error_before = _gradient_forces_rmse(before, frames)
     error_after = _gradient_forces_rmse(after, frames)
-    assert error_after < 0.97 * error_before, (error_before, error_after)  # 0.949 measured
+    assert error_after < 0.9 * error_before, (error_before, error_after)  # 0.834 measured
 
-    # a barely trained model has stiff, large forces (the molecule heats to ~900 K): 0.25 fs
-    # keeps the Verlet error small (measured 0.5 fs: 2.5 meV/atom, 0.25 fs: ~0.5, the dt^2
-    # scaling of an integration error, not a drift from non-conservative forces)
     summary = run_md(tuned / "model.pt", frames[0], ensemble="nve", temperature_K=300,
-                     timestep_fs=0.25, steps=500, output_dir=tmp_path / "md", progress=False,
+                     timestep_fs=0.5, steps=500, output_dir=tmp_path / "md", progress=False,
                      log_interval=50)
     assert summary["steps"] == 500
-    assert summary["max_energy_drift_meV_per_atom"] < 1.0
+    assert summary["max_energy_drift_meV_per_atom"] < 1.0  # 0.066 measured
     saved = json.loads((tmp_path / "md" / "md_summary.json").read_text())
     assert saved["max_energy_drift_meV_per_atom"] == summary["max_energy_drift_meV_per_atom"]
