@@ -121,9 +121,9 @@ class GauntEquiformerV2(nn.Module):
         grid_degree: quadrature degree of the S2 activations (None: max(3 lmax + 2, 18)); larger is
             more nearly equivariant and slower.
         ffn_grid_degree: quadrature degree of the grid MLPs (the feed-forward networks and
-            the energy head; None: grid_degree, what files without the key used).  The
-            rotation error of a trained model is their aliasing (the edge activations
-            commute with the frame's rolls to ~1e-9): 18 -> 30 at lmax 4 lowers it ~50x.
+            the energy head; None: grid_degree, what files without the key used).  Their
+            aliasing is most of a trained model's rotation error (docs/equiformer_v2.md):
+            18 -> 30 at lmax 4 lowered it 10-100x for ~10 % more time.
         grid_normalization: grid values of the grid MLPs, "integral" (orthonormal
             harmonics, the default: what files without the key used) or "component" (unit
             variance, EquiformerV2's; the presets use it).
