@@ -31,6 +31,7 @@ from ase.data import chemical_symbols
 
 from forcefield.data.errors import DataError
 from forcefield.data.neighbours import check_cell
+from forcefield.direct_forces import check_direct_forces
 from forcefield.errors import ForceFieldError
 from forcefield.export import load_model, resolve_dtype
 
@@ -66,6 +67,9 @@ class ForceFieldCalculator(Calculator):
             ``torch.compile`` (free atom and edge counts: compiled once, on the first call,
             for every structure size). Conservative models only. A ``.pt2`` package
             (``forcefield export format=pt2``) is already compiled and needs no flag.
+        allow_direct_forces: use a direct-force model (``model.forces=direct``, forces not
+            -dE/dx) anyway, with one warning; by default such a model is refused
+            (:mod:`forcefield.direct_forces`). ``calc.direct_forces`` tells which it is.
 
     Results: ``energy`` and ``free_energy`` (eV), ``energies`` (per atom, eV), ``forces``
     (eV/A), ``stress`` (Voigt xx, yy, zz, yz, xz, xy; eV/A^3, ASE sign) for structures
@@ -83,6 +87,7 @@ class ForceFieldCalculator(Calculator):
         compute_stress: str | bool = "auto",
         neighbour_backend: str = "vesin",
         compile: bool = False,
+        allow_direct_forces: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -96,6 +101,7 @@ class ForceFieldCalculator(Calculator):
         if not sources:
             raise ValueError("ForceFieldCalculator needs at least one model")
         self.models = [self._load(src) for src in sources]
+        self.direct_forces = check_direct_forces(self.models, allow_direct_forces)
         if compile:
             from forcefield.traced import TracedPotential, compiled_potential
 

@@ -71,6 +71,7 @@ def run_md(
     device: str = "cpu",
     progress: bool = True,
     max_drift_meV_per_atom: float | None = None,
+    allow_direct_forces: bool = False,
 ) -> dict:
     """Run MD on ``atoms`` and return the summary (also written to ``md_summary.json``).
 
@@ -90,6 +91,9 @@ def run_md(
         max_drift_meV_per_atom: stop early (status ``"diverged"``) if the NVE energy
             drifts more than this; None never stops on drift. Non-finite energies
             always stop the run.
+        allow_direct_forces: run a direct-force model (forces not -dE/dx: the energy
+            drifts) with a warning instead of refusing it; ignored when ``model`` is a
+            calculator (the calculator's own setting applies).
     """
     from ase.calculators.calculator import BaseCalculator
     from ase.io.trajectory import Trajectory
@@ -114,7 +118,8 @@ def run_md(
     else:
         from forcefield.calculator import ForceFieldCalculator
 
-        calc = ForceFieldCalculator(model, device=device, dtype=dtype)
+        calc = ForceFieldCalculator(model, device=device, dtype=dtype,
+                                    allow_direct_forces=allow_direct_forces)
 
     atoms = atoms.copy()
     atoms.calc = calc

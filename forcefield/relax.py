@@ -58,6 +58,14 @@ def _optimizer_class(name: str):
     return getattr(optimize, key)
 
 
+def check_optimizer(optimizer: str, calc) -> None:
+    """A direct-force calculator (forces not -dE/dx) relaxes with FIRE only: FIRE uses the
+    forces alone, while BFGS and LBFGS assume they are the energy's gradient."""
+    if getattr(calc, "direct_forces", False) and str(optimizer).upper() != "FIRE":
+        raise RelaxError(f"optimizer={optimizer} assumes forces that are the energy's "
+                         "gradient, and this model has direct forces; use optimizer=FIRE")
+
+
 def _label(atoms: Atoms, index: int) -> str:
     name = atoms.info.get("name") or atoms.info.get("sid")
     return f"{index}_{name}" if name is not None else f"{index}_{atoms.get_chemical_formula()}"
@@ -101,6 +109,7 @@ def relax_one(atoms: Atoms, calc, *, optimizer: str = "FIRE", fmax: float = 0.05
               trajectory: str | os.PathLike | None = None) -> dict[str, Any]:
     """Relax ``atoms`` in place; return its record (converged, steps, energy, fmax, ...)."""
     cls = _optimizer_class(optimizer)
+    check_optimizer(optimizer, calc)
     atoms.calc = calc
     target: Any = atoms
     if relax_cell:
@@ -150,6 +159,7 @@ def relax_structures(
     from tqdm.auto import tqdm
 
     _optimizer_class(optimizer)
+    check_optimizer(optimizer, calc)
     if not fmax > 0:
         raise RelaxError(f"fmax={fmax} must be a positive force in eV/A")
     if int(steps) < 0:

@@ -23,7 +23,8 @@ def test_config_dir_is_absolute_and_complete():
     for name in ("train", "evaluate", "export", "md"):
         assert (CONFIG_DIR / f"{name}.yaml").is_file()
     assert GROUP_OPTIONS["data"] == ["3bpa", "ase", "oc20"]
-    assert GROUP_OPTIONS["model"] == ["gaunt_equiformer_v2", "gaunt_equiformer_v2_small",
+    assert GROUP_OPTIONS["model"] == ["gaunt_equiformer_v2", "gaunt_equiformer_v2_153m",
+                                      "gaunt_equiformer_v2_31m", "gaunt_equiformer_v2_small",
                                       "gaunt_mace", "gaunt_mace_small"]
     assert GROUP_OPTIONS["trainer"] == ["cpu", "ddp", "gpu"]
     assert {"3bpa_paper", "oc20_s2ef"} <= set(GROUP_OPTIONS["experiment"])
@@ -62,7 +63,10 @@ def test_model_configs_mirror_presets_and_build(name):
     if name == "gaunt_equiformer_v2":
         assert model_cfg["num_layers"] == 12 and model_cfg["lmax"] == 6
         assert model_cfg["forces"] == "direct" and model_cfg["max_neighbors"] == 20
-        model_cfg.update(channels=8, num_layers=1, lmax=2)  # the structure, not the size
+    if "equiformer" in name and name != "gaunt_equiformer_v2_small":
+        # the structure, not the size (sizes: tests/test_equiformer_presets.py)
+        model_cfg.update(channels=8, num_layers=1, lmax=2, mmax=min(model_cfg["mmax"], 2),
+                         num_radial=16)
     model = build_model(model_cfg, stats)
     assert model.config["species"] == [1, 6, 7, 8]
     assert model.config["avg_num_neighbors"] == 12.0

@@ -39,7 +39,8 @@ def run(cfg: DictConfig) -> int:
     atoms = read_structure(str(cfg.structure), int(cfg.structure_index))
     net, _ = load_network(str(cfg.model), dtype=cfg.dtype, device=str(cfg.device))
     calc = ForceFieldCalculator(net, device=str(cfg.device), dtype=cfg.dtype,
-                                compile=bool(cfg.compile))
+                                compile=bool(cfg.compile),
+                                allow_direct_forces=bool(cfg.allow_direct_forces))
     calc.check_atoms(atoms)
     out = Path(str(cfg.output_dir))
     summary = run_md(calc, atoms, ensemble=str(cfg.ensemble),
@@ -64,7 +65,8 @@ COMMAND = Command(
     description="""\
 Run molecular dynamics with a trained model (model.pt) through ASE: NVE (velocity Verlet)
 or Langevin NVT from Maxwell-Boltzmann velocities. Writes md.traj, md.log and
-md_summary.json (energy drift per atom, steps per second) into output_dir.""",
+md_summary.json (energy drift per atom, steps per second) into output_dir. A direct-force
+model (model.forces=direct) is refused unless allow_direct_forces=true.""",
     run=run,
     examples=(
         "forcefield md model=runs/x/model.pt structure=data/3bpa/train_300K.xyz steps=2000",

@@ -30,7 +30,8 @@ def run(cfg: DictConfig) -> int:
     # the stress (a third of the cost per step) only where the cell relaxes
     calc = ForceFieldCalculator(net, device=str(cfg.device),
                                 compute_stress="auto" if cfg.relax_cell else False,
-                                compile=bool(cfg.compile))
+                                compile=bool(cfg.compile),
+                                allow_direct_forces=bool(cfg.allow_direct_forces))
     out = Path(str(cfg.output_dir)).expanduser().resolve()
     summary = relax_structures(
         calc, structures, out, optimizer=str(cfg.optimizer), fmax=fmax, steps=steps,
@@ -63,7 +64,9 @@ Relax every structure of FILE (all frames; or a glob, directory, ASE db, OC20 LM
 an ASE optimiser; fixed atoms (FixAtoms, extxyz move_mask) stay fixed. Writes into
 output_dir: relaxed.extxyz, trajectories/<index>_<name>.traj, relax_summary.json
 (per structure: converged, steps, energy, fmax; totals; with relaxed-energy labels such as
-OC20 IS2RE's y_relaxed: energy MAE and EwT of the relaxed energies).""",
+OC20 IS2RE's y_relaxed: energy MAE and EwT of the relaxed energies). A direct-force model
+(model.forces=direct) is refused unless allow_direct_forces=true, and then relaxes with FIRE
+only.""",
     run=run,
     examples=(
         "forcefield relax model=runs/x/model.pt structure=slabs.extxyz fmax=0.03 steps=300",

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from forcefield.cli.command import Command
-from forcefield.cli.compose import CommandLine, compose_config, pop_override
+from forcefield.cli.compose import CommandLine, compose_config, override_key, pop_override
 from forcefield.errors import ConfigError
 
 GROUPS = ("data", "model", "trainer", "experiment", "logger", "callbacks")
@@ -77,10 +77,32 @@ def compose_train(cl: CommandLine) -> DictConfig:
         if not any(o.startswith("output_dir=") for o in overrides):
             cfg.output_dir = str(run_dir)
         return cfg
-    cfg = compose_config(cl.config_name, overrides, cl.config_dir)
+    _, init_from = pop_override(list(overrides), "init_from")
+    if init_from not in (None, "", "null", "None"):
+        cfg = compose_finetune(cl, overrides, init_from)
+    else:
+        cfg = compose_config(cl.config_name, overrides, cl.config_dir)
     from forcefield.training.recipe import apply_recipe
 
     apply_recipe(cfg, overrides)  # init_from: the fine-tuning recipe (finetune.recipe)
+    return cfg
+
+
+def compose_finetune(cl: CommandLine, overrides: Sequence[str], init_from: str) -> DictConfig:
+    """A fine-tune's config: ``model`` is the config stored in ``init_from`` (what will be
+    trained), with the command line's ``model.forces=...`` applied (the only model key a
+    fine-tune may change)."""
+    from forcefield.training.force_mode import model_config_for_finetune
+    from forcefield.training.io import jsonable
+
+    model_items = [o for o in overrides if override_key(o).startswith("model.")]
+    rest = [o for o in overrides if o not in model_items]
+    cfg = compose_config(cl.config_name, rest, cl.config_dir)
+    changes = [(override_key(o)[len("model."):], _parse_value(o.partition("=")[2]))
+               for o in model_items]
+    config = model_config_for_finetune(init_from, changes)
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create(jsonable(config))
     return cfg
 
 

@@ -48,6 +48,14 @@ __all__ = ["GauntEquiformerV2", "nearest_neighbours"]
 FORCE_MODES = ("direct", "gradient")
 
 
+def edge_embedding(num_elements: int, channels: int) -> nn.Embedding:
+    """An element embedding for edge features, uniform in +-1e-3 as EquiformerV2's: next to
+    Gaussians in [0, 1] it starts as a small correction, not the radial MLP's main input."""
+    embedding = nn.Embedding(num_elements, channels)
+    nn.init.uniform_(embedding.weight, -1e-3, 1e-3)
+    return embedding
+
+
 def nearest_neighbours(r: torch.Tensor, receiver: torch.Tensor, num_nodes: int,
                        k: int) -> torch.Tensor:
     """Mask of the edges among the ``k`` shortest of each receiver (ties: by edge order)."""
@@ -67,10 +75,11 @@ class EquiformerBlock(nn.Module):
                  alpha_channels: int, value_channels: int, ffn_hidden: int,
                  edge_features: int, edge_channels: int, num_elements: int, grid_degree: int,
                  selfmix: bool, gaunt_method: str, alpha_drop: float, drop_path: float,
-                 parity: bool):
+                 parity: bool, grid_normalization: str = "integral",
+                 ffn_grid_degree: int | None = None):
         super().__init__()
-        self.source_embedding = nn.Embedding(num_elements, edge_channels)
-        self.target_embedding = nn.Embedding(num_elements, edge_channels)
+        self.source_embedding = edge_embedding(num_elements, edge_channels)
+        self.target_embedding = edge_embedding(num_elements, edge_channels)
         self.norm_attention = EquivariantLayerNorm(channels, lmax)
         self.attention = GraphAttention(
             channels=channels, channels_out=channels, lmax=lmax, mmax=mmax, hidden=attn_hidden,
@@ -81,7 +90,8 @@ class EquiformerBlock(nn.Module):
         self.norm_selfmix = EquivariantLayerNorm(channels, lmax) if selfmix else None
         self.selfmix = GauntSelfmix(channels, lmax, method=gaunt_method) if selfmix else None
         self.norm_ffn = EquivariantLayerNorm(channels, lmax)
-        self.ffn = GridFeedForward(channels, ffn_hidden, channels, lmax, grid_degree)
+        self.ffn = GridFeedForward(channels, ffn_hidden, channels, lmax,
+                                   ffn_grid_degree or grid_degree, grid_normalization)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, rbf, species_idx, rotation, wigner, envelope, sender, receiver, batch,
@@ -111,12 +121,20 @@ class GauntEquiformerV2(nn.Module):
             embeddings of edges.  num_radial: Gaussians on [0, r_max].
         grid_degree: quadrature degree of the S2 activations (None: max(3 lmax + 2, 18)); larger is
             more nearly equivariant and slower.
+        ffn_grid_degree: quadrature degree of the grid MLPs (the feed-forward networks and
+            the energy head; None: grid_degree, what files without the key used).  Their
+            aliasing is most of a trained model's rotation error (docs/equiformer_v2.md):
+            18 -> 30 at lmax 4 lowered it 10-100x for ~10 % more time.
+        grid_normalization: grid values of the grid MLPs, "integral" (orthonormal
+            harmonics, the default: what files without the key used) or "component" (unit
+            variance, EquiformerV2's; the presets use it).
         selfmix: the Gaunt Selfmix sub-layer (False: plain EquiformerV2).
         parity: real SO(2) weights, so the energy is invariant under reflections (a physical
             potential's must be); False: EquiformerV2's complex weights (chiral).
         gaunt_method: so3 product method for the selfmix.
         forces: "direct" (force head) or "gradient" (-dE/dx, conservative, stress).
         alpha_drop, drop_path: regularisation (training only).
+        force_alpha_drop: attention dropout of the direct force head (EquiformerV2's: 0).
         envelope_p: exponent of the polynomial cutoff envelope.
         avg_num_neighbors: normalisation of the edge-degree embedding.
         e0s, energy_shift, energy_scale: per-element energies (eV), per-atom shift (eV) and
@@ -142,11 +160,14 @@ class GauntEquiformerV2(nn.Module):
         edge_channels: int = 128,
         num_radial: int = 128,
         grid_degree: int | None = None,
+        ffn_grid_degree: int | None = None,
+        grid_normalization: str = "integral",
         selfmix: bool = True,
         parity: bool = True,
         gaunt_method: str = "auto",
         forces: str = "direct",
         alpha_drop: float = 0.1,
+        force_alpha_drop: float = 0.0,
         drop_path: float = 0.05,
         envelope_p: int = 5,
         avg_num_neighbors: float = 1.0,
@@ -177,6 +198,11 @@ class GauntEquiformerV2(nn.Module):
         if max_neighbors is not None and int(max_neighbors) < 1:
             raise ValueError(f"model.max_neighbors must be >= 1 or null, got {max_neighbors}")
         grid = default_grid_degree(lmax) if grid_degree is None else int(grid_degree)
+        for key, value in (("grid_degree", grid), ("ffn_grid_degree", ffn_grid_degree)):
+            # below 2 lmax the grid cannot even hold the features (to/from is not identity)
+            if value is not None and int(value) < 2 * lmax:
+                raise ValueError(f"model.{key}={value} is below 2 lmax = {2 * lmax}; use "
+                                 f"at least {2 * lmax} (null: the default)")
         self.config: dict[str, Any] = {
             "architecture": "gaunt_equiformer_v2", "name": str(name),
             "species": sorted(int(z) for z in species), "r_max": float(r_max),
@@ -185,10 +211,13 @@ class GauntEquiformerV2(nn.Module):
             "mmax": mmax, "heads": int(heads), "attn_hidden": int(attn_hidden),
             "alpha_channels": int(alpha_channels), "value_channels": int(value_channels),
             "ffn_hidden": int(ffn_hidden), "edge_channels": int(edge_channels),
-            "num_radial": int(num_radial), "grid_degree": grid, "selfmix": bool(selfmix),
+            "num_radial": int(num_radial), "grid_degree": grid,
+            "ffn_grid_degree": None if ffn_grid_degree is None else int(ffn_grid_degree),
+            "grid_normalization": str(grid_normalization), "selfmix": bool(selfmix),
             "parity": bool(parity),
             "gaunt_method": str(gaunt_method), "forces": str(forces),
-            "alpha_drop": float(alpha_drop), "drop_path": float(drop_path),
+            "alpha_drop": float(alpha_drop), "force_alpha_drop": float(force_alpha_drop),
+            "drop_path": float(drop_path),
             "envelope_p": int(envelope_p), "avg_num_neighbors": float(avg_num_neighbors),
             "e0s": {int(z): float(e) for z, e in dict(e0s or {}).items()},
             "energy_shift": float(energy_shift), "energy_scale": float(energy_scale),
@@ -202,8 +231,8 @@ class GauntEquiformerV2(nn.Module):
         self.rbf = GaussianBasis(cfg["r_max"], cfg["num_radial"])
         self.rotation = EdgeRotation(lmax, mmax)
         ec = cfg["edge_channels"]
-        self.degree_source_embedding = nn.Embedding(n_el, ec)
-        self.degree_target_embedding = nn.Embedding(n_el, ec)
+        self.degree_source_embedding = edge_embedding(n_el, ec)
+        self.degree_target_embedding = edge_embedding(n_el, ec)
         # the data statistics count neighbours without the cap; the model sees at most the cap
         degree = cfg["avg_num_neighbors"]
         if self.max_neighbors is not None:
@@ -218,24 +247,28 @@ class GauntEquiformerV2(nn.Module):
                             edge_features=cfg["num_radial"], edge_channels=ec,
                             num_elements=n_el, selfmix=cfg["selfmix"],
                             gaunt_method=cfg["gaunt_method"], alpha_drop=cfg["alpha_drop"],
-                            drop_path=cfg["drop_path"], parity=cfg["parity"])
+                            drop_path=cfg["drop_path"], parity=cfg["parity"],
+                            grid_normalization=cfg["grid_normalization"],
+                            ffn_grid_degree=cfg["ffn_grid_degree"])
             for _ in range(cfg["num_layers"]))
         self.norm = EquivariantLayerNorm(c, lmax)
-        self.energy_ffn = GridFeedForward(c, cfg["ffn_hidden"], 1, lmax, grid)
+        self.energy_ffn = GridFeedForward(c, cfg["ffn_hidden"], 1, lmax,
+                                          cfg["ffn_grid_degree"] or grid,
+                                          cfg["grid_normalization"])
         # zero energy readout at initialisation: the untrained model predicts E0 + shift
         nn.init.zeros_(self.energy_ffn.linear_out.weight)
         self.head = AtomicEnergyHead([cfg["e0s"].get(z, 0.0) for z in cfg["species"]],
                                      cfg["energy_shift"], cfg["energy_scale"])
         self.force_head = None
         if forces == "direct":
-            self.force_source_embedding = nn.Embedding(n_el, ec)
-            self.force_target_embedding = nn.Embedding(n_el, ec)
+            self.force_source_embedding = edge_embedding(n_el, ec)
+            self.force_target_embedding = edge_embedding(n_el, ec)
             self.force_head = GraphAttention(
                 channels=c, channels_out=1, lmax=lmax, mmax=mmax, hidden=cfg["attn_hidden"],
                 heads=cfg["heads"], alpha_channels=cfg["alpha_channels"],
                 value_channels=cfg["value_channels"],
                 edge_features=cfg["num_radial"] + 2 * ec, radial_hidden=[ec, ec],
-                grid_degree=grid, alpha_drop=cfg["alpha_drop"], parity=cfg["parity"])
+                grid_degree=grid, alpha_drop=cfg["force_alpha_drop"], parity=cfg["parity"])
 
     @classmethod
     def config_keys(cls) -> set[str]:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .linear import DegreeLinear
-from .s2_activation import SphereGrid
+from .s2_activation import GRID_NORMALIZATIONS, SphereGrid, component_factors
 
 __all__ = ["GridFeedForward"]
 
@@ -17,18 +17,26 @@ class GridFeedForward(nn.Module):
 
     Args:
         channels, hidden, channels_out: widths.  lmax: degrees.  grid_degree: quadrature.
+        normalization: grid values of the coefficients, ``"integral"`` (orthonormal
+            harmonics; variance ~(lmax+1)^2 / 4 pi) or ``"component"`` (unit variance, as
+            EquiformerV2's e3nn grids), see :data:`~.s2_activation.GRID_NORMALIZATIONS`.
 
     ``forward(x [N, C, K]) -> [N, C_out, K]``.
     """
 
     def __init__(self, channels: int, hidden: int, channels_out: int, lmax: int,
-                 grid_degree: int):
+                 grid_degree: int, normalization: str = "integral"):
         super().__init__()
+        if normalization not in GRID_NORMALIZATIONS:
+            raise ValueError(f"model.grid_normalization={normalization!r} is not supported; "
+                             f"use one of {', '.join(GRID_NORMALIZATIONS)}")
         self.channels, self.hidden, self.channels_out, self.lmax = (channels, hidden,
                                                                     channels_out, lmax)
+        self.normalization = normalization
         self.linear_in = DegreeLinear(channels, hidden, lmax, lmax)
         self.bias_in = nn.Parameter(torch.zeros(hidden))
-        self.grid = SphereGrid(lmax, grid_degree)
+        scale = component_factors(lmax) if normalization == "component" else None
+        self.grid = SphereGrid(lmax, grid_degree, degree_scale=scale)
         self.grid_mlp = nn.Sequential(
             nn.Linear(hidden, hidden, bias=False), nn.SiLU(),
             nn.Linear(hidden, hidden, bias=False), nn.SiLU(),
@@ -39,7 +47,8 @@ class GridFeedForward(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden={self.hidden}, "
-                f"channels_out={self.channels_out}, lmax={self.lmax}")
+                f"channels_out={self.channels_out}, lmax={self.lmax}, "
+                f"normalization={self.normalization}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.linear_in(x)

@@ -10,7 +10,8 @@ Per edge j -> i (sender j, receiver i):
      edge enters and leaves the sum smoothly (the original's plain softmax jumps when a
      neighbour crosses the cutoff);
   4. values: separable S2 activation -> second SO(2) convolution -> heads x value channels,
-     weighted, rotated back, summed at i, per-degree linear to the output channels.
+     weighted, rotated back, summed at i, per-degree linear to the output channels plus a
+     degree-0 bias (as EquiformerV2's projection; zero at initialisation).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class GraphAttention(nn.Module):
         self.activation = SeparableS2Activation(SphereGrid(lmax, grid_degree, index))
         self.conv2 = SO2Convolution(hidden, heads * value_channels, lmax, mmax, parity=parity)
         self.project = DegreeLinear(heads * value_channels, channels_out, lmax, lmax)
+        self.project_bias = nn.Parameter(torch.zeros(channels_out))
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, channels_out={self.channels_out}, lmax={self.lmax}, "
@@ -114,5 +116,14 @@ class GraphAttention(nn.Module):
         v = v.reshape(num_edges, self.heads, self.value_channels, k) * weight[:, :, None, None]
         v = rotation.rotate_back(v.reshape(num_edges, self.heads * self.value_channels, k),
                                  wigner)
-        out = scatter(v, receiver, dim=0, dim_size=num_nodes, reduce="sum")
-        return self.project(out)
+        out = self.project(scatter(v, receiver, dim=0, dim_size=num_nodes, reduce="sum"))
+        return torch.cat([(out[:, :, 0] + self.project_bias).unsqueeze(-1), out[:, :, 1:]], -1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # files written before the projection had a bias computed this layer with bias 0
+        key = prefix + "project_bias"
+        if key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.project_bias)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)

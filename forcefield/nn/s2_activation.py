@@ -10,6 +10,8 @@ error that falls quickly with ``grid_degree`` (tests state the tolerance per gri
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -17,7 +19,19 @@ from forcefield import so3
 
 from .constants import ConstantTables
 
-__all__ = ["SphereGrid", "SeparableS2Activation", "default_grid_degree"]
+__all__ = ["GRID_NORMALIZATIONS", "SphereGrid", "SeparableS2Activation",
+           "component_factors", "default_grid_degree"]
+
+GRID_NORMALIZATIONS = ("integral", "component")
+"""How coefficients map to grid values: ``integral`` (orthonormal harmonics: unit-variance
+coefficients give values of variance (lmax+1)^2 / 4 pi, ~3.9 at lmax 6) or ``component``
+(e3nn's and fairchem's: each degree times sqrt(4 pi / ((2l+1)(lmax+1))), unit variance)."""
+
+
+def component_factors(lmax: int) -> list[float]:
+    """Per-degree factors n_l = sqrt(4 pi / ((2l+1)(lmax+1))) of the ``component`` grid
+    normalisation (e3nn's ``ToS2Grid(normalization="component")``)."""
+    return [math.sqrt(4 * math.pi / ((2 * l + 1) * (lmax + 1))) for l in range(lmax + 1)]
 
 
 def default_grid_degree(lmax: int) -> int:
@@ -41,22 +55,32 @@ class SphereGrid(nn.Module):
         grid_degree: the quadrature integrates polynomials up to this degree exactly.
         index: optional coefficient indices (e.g. the m-truncated edge-frame layout); the
             coefficient axis then has len(index) entries in that order.
+        degree_scale: optional factor per degree l applied on the way to the grid (and
+            its inverse on the way back, so from_grid(to_grid(x)) stays x): the grid
+            normalisation, see :data:`GRID_NORMALIZATIONS`.
     """
 
-    def __init__(self, lmax: int, grid_degree: int, index: list[int] | None = None):
+    def __init__(self, lmax: int, grid_degree: int, index: list[int] | None = None,
+                 degree_scale: list[float] | None = None):
         super().__init__()
         self.lmax, self.grid_degree = lmax, int(grid_degree)
         points, weights = so3.sphere_quadrature(self.grid_degree)
         y = so3.spherical_harmonics(lmax, torch.as_tensor(points, dtype=torch.float64))
-        if index is not None:
-            y = y[:, list(index)]
         w = torch.as_tensor(weights, dtype=torch.float64)
+        to_grid, from_grid = y, y * w[:, None]
+        self.scaled = degree_scale is not None
+        if degree_scale is not None:
+            scale = torch.as_tensor(degree_scale, dtype=torch.float64)[so3.degree_index(lmax)]
+            to_grid, from_grid = to_grid * scale, from_grid / scale
+        if index is not None:
+            to_grid, from_grid = to_grid[:, list(index)], from_grid[:, list(index)]
         self.num_points = y.shape[0]
-        self._tables = ConstantTables(to_grid=y.T.contiguous(),
-                                      from_grid=(y * w[:, None]).contiguous())
+        self._tables = ConstantTables(to_grid=to_grid.T.contiguous(),
+                                      from_grid=from_grid.contiguous())
 
     def extra_repr(self) -> str:
-        return f"lmax={self.lmax}, grid_degree={self.grid_degree}, points={self.num_points}"
+        return (f"lmax={self.lmax}, grid_degree={self.grid_degree}, points={self.num_points}"
+                + (", degree_scale" if self.scaled else ""))
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self._tables.get(x)["to_grid"]

@@ -244,6 +244,16 @@ def train(cfg: DictConfig) -> int:
     init_from = cfg.get("init_from")
     settings = finetune.check_config(to_container(cfg.finetune) if "finetune" in cfg else {})
     pretrained = finetune.load_pretrained(str(init_from)) if init_from and not resuming else None
+    if pretrained is not None and cfg.model.get("species") is not None:
+        # cfg.model is the file's config with the command line's model.forces (compose_train;
+        # a preset composed without it has species null): the eSEN direct -> gradient step
+        from forcefield.training.force_mode import with_force_mode
+
+        forces = cfg.model.get("forces")
+        if forces is not None and forces != pretrained.config.get("forces"):
+            _echo(f"forcefield train: fine-tuning {init_from} with model.forces={forces} "
+                  f"(was {pretrained.config.get('forces')})")
+        pretrained = with_force_mode(pretrained, forces, str(init_from))
     r_max = float(pretrained.config["r_max"] if pretrained is not None else cfg.model.r_max)
     extra = {}
     if init_from and "e0s" not in settings["reset_statistics"] and "e0s" in cfg.data:
