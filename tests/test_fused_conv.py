@@ -1,4 +1,4 @@
-"""The fused Gaunt convolution kernels (forcefield/so3/_conv_kernel.c) against torch.
+"""The fused Gaunt convolution kernels (forcefield/ops/csrc/conv_kernel.c) against torch.
 
 The kernels compute the partials of T = sum g * Z(hg, wn, r, sh) (``fused_conv``); these
 tests check Z and every partial against a plain torch formula, gradcheck/gradgradcheck
@@ -28,8 +28,8 @@ needs_kernel = pytest.mark.skipif(not conv_kernel.available(), reason="kernel no
                     reason="kernel disabled by FORCEFIELD_NO_CPU_KERNEL")
 def test_kernel_was_built_by_the_install() -> None:
     assert conv_kernel.available(), (
-        "forcefield/so3/_conv_kernel*.so is missing: reinstall with a C compiler "
-        "(pip install -e .)")
+        "forcefield/ops/_C*.so is missing: reinstall with a C++ compiler "
+        "(pip install --no-build-isolation -e .)")
 
 
 def graph(num_nodes: int, num_edges: int, seed: int = 0, skip: int | None = None):
@@ -58,7 +58,7 @@ def inputs(n1: int, n2: int, pp: int, num_nodes: int, num_edges: int, channels: 
 
 
 def reference_z(hg, wn, r, sh, ysh, sender, receiver):
-    """Z by torch operations (per-edge grid tensors): the definition in _conv_kernel.c."""
+    """Z by torch operations (per-edge grid tensors): the definition in conv_kernel.c."""
     n2 = r.shape[-1]
     degree = so3.degree_index(n2 - 1)
     yg = torch.zeros(sh.shape[0], n2, ysh.shape[1], dtype=sh.dtype)

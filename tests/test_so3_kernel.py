@@ -1,6 +1,7 @@
 """The fused CPU kernel of the grid Gaunt product against the torch routes.
 
-The kernel (forcefield/so3/_grid_kernel.c) is built by ``pip install``; these tests check
+The kernel (forcefield/ops/csrc/grid_kernel.c, the forcefield::gaunt_grid operator) is built
+by ``pip install``; these tests check
 that it was, that it gives the dense contraction's numbers to round-off for every shape of
 input the module accepts, and that the torch fallback (no compiler, or
 FORCEFIELD_NO_CPU_KERNEL=1) still gives the same numbers.
@@ -45,8 +46,8 @@ def dense(l1: int, l2: int, lo: int, x1: torch.Tensor, x2: torch.Tensor) -> torc
                     reason="kernel disabled by FORCEFIELD_NO_CPU_KERNEL")
 def test_kernel_was_built_by_the_install() -> None:
     assert grid_kernel.available(), (
-        "forcefield/so3/_grid_kernel*.so is missing: reinstall with a C compiler "
-        "(pip install -e .)")
+        "forcefield/ops/_C*.so is missing: reinstall with a C++ compiler "
+        "(pip install --no-build-isolation -e .)")
 
 
 needs_kernel = pytest.mark.skipif(not grid_kernel.available(), reason="kernel not built")

@@ -232,7 +232,8 @@ def _polar_factors(lmax: int, polar: np.ndarray) -> np.ndarray:
 
 @cache
 def separable_grid_tables(lmax1: int, lmax2: int, lmax_out: int) -> dict[str, np.ndarray]:
-    """Tables of the fused grid kernel (``_grid_kernel.c``) on the exact quadrature grid.
+    """Tables of the fused grid kernel (``forcefield/ops/csrc/grid_kernel.c``) on the exact
+    quadrature grid.
 
     The grid is that of ``grid_tables`` (Gauss-Legendre x n_alpha uniform azimuths, exact
     for degree lmax1 + lmax2 + lmax_out), factored into polar and azimuthal parts and folded
