@@ -30,6 +30,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_name() -> str:
+    """The CPU model (Linux) and whether it has AVX-512, else the machine type."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+    return f"{model}, {isa}"
+
+
 def structure(name: str):
     systems = runpy.run_path(str(ROOT / "scripts" / "bench_md.py"))
     return systems["molecule"]() if name == "molecule" else systems["packed_box"]()
@@ -101,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"# {cpu_name()}, torch {torch.__version__}, "
           f"{args.threads} threads, {args.dtype}")
     print("| case | atoms | eager ms | compiled ms | exported ms | speed-up compiled | "
           "speed-up exported | first call eager / compiled / exported s | export s |")
