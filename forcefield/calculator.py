@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from ase.data import chemical_symbols
 
+from forcefield.data.elements import element_names
 from forcefield.data.errors import DataError
 from forcefield.data.neighbours import check_cell
 from forcefield.direct_forces import check_direct_forces
@@ -44,10 +44,6 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
     """The precision a model (or a traced or packaged one) computes in."""
     dtype = getattr(model, "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
-
-
-def _symbols(numbers) -> str:
-    return ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in numbers)
 
 
 class ForceFieldCalculator(Calculator):
@@ -119,7 +115,8 @@ class ForceFieldCalculator(Calculator):
             extra = set(self.species) ^ {int(z) for z in other["species"]}
             if extra:
                 raise ValueError(
-                    f"committee models know different elements ({_symbols(sorted(extra))}); "
+                    "committee models know different elements "
+                    f"({element_names(sorted(extra))}); "
                     "every member must be trained on the same species"
                 )
         self._known = np.zeros(max(119, max(self.species) + 1), dtype=bool)
@@ -153,8 +150,8 @@ class ForceFieldCalculator(Calculator):
         if numbers.min() < 0 or numbers.max() >= len(known) or not known[numbers].all():
             unknown = sorted({int(z) for z in numbers if not 0 <= z < len(known) or not known[z]})
             raise CalculatorError(
-                f"the model was not trained on {_symbols(unknown)}; it knows only "
-                f"{_symbols(self.species)}"
+                f"the model was not trained on {element_names(unknown)}; it knows only "
+                f"{element_names(self.species)}"
             )
         try:
             check_cell(atoms.cell.array, atoms.pbc)

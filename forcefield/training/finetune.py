@@ -93,16 +93,14 @@ def load_pretrained(path: str) -> torch.nn.Module:
 
 def check_elements(species: Sequence[int], known: Sequence[int], path: str) -> None:
     """Every element of the new training data must be one the pretrained model knows."""
-    from ase.data import chemical_symbols
+    from forcefield.data.elements import element_names, symbol_list
 
     unknown = sorted({int(z) for z in species} - {int(z) for z in known})
     if unknown:
-        elements = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-        model = ", ".join(chemical_symbols[int(z)] for z in sorted(known))
         raise ConfigError(
-            f"init_from={path}: the training data contains {elements}, which the pretrained "
-            f"model does not know (it knows {model}); fine-tune on data of those elements, "
-            "or train a new model without init_from")
+            f"init_from={path}: the training data contains {element_names(unknown)}, which "
+            f"the pretrained model does not know (it knows {symbol_list(known)}); fine-tune "
+            "on data of those elements, or train a new model without init_from")
 
 
 def _stat(statistics: Any, field: str) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from forcefield.training.config import ConfigError
@@ -146,21 +145,17 @@ def check_species(names: Sequence[str], loaders: Sequence, species: Sequence[int
                   what: str) -> None:
     """Every element of the ``what`` splits must be one the model handles; otherwise one
     sentence naming the split, the element and the fix (not a traceback mid-epoch)."""
-    from ase.data import chemical_symbols
-
+    from forcefield.data.elements import element_names, symbol_list, unknown_elements
     from forcefield.data.streaming import StreamingDataset
 
-    known = {int(z) for z in species}
     for name, loader in zip(names, loaders, strict=True):
         dataset = getattr(loader, "dataset", None)
         if dataset is None or isinstance(dataset, StreamingDataset) or not len(dataset):
             continue  # streamed splits are not read in advance
-        numbers = torch.cat([g.atomic_numbers for g in dataset])
-        unknown = sorted({int(z) for z in torch.unique(numbers).tolist()} - known)
+        unknown = unknown_elements(dataset, species)
         if unknown:
-            elements = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            model = ", ".join(chemical_symbols[z] for z in sorted(known))
             raise ConfigError(
-                f"{what} split {name!r}: element {elements} is not in the model's species "
-                f"[{model}] (taken from the training data); train on data that contains "
-                f"it or list it in model.species, or leave this split out")
+                f"{what} split {name!r}: element {element_names(unknown)} is not in the "
+                f"model's species [{symbol_list(species)}] (taken from the training data); "
+                "train on data that contains it or list it in model.species, or leave this "
+                "split out")

@@ -64,8 +64,7 @@ def check_fraction(fraction: Any) -> float:
 def load_replay(sources: Sequence[str], r_max: float, species: Sequence[int],
                 label: str) -> list:
     """Graphs of the replay data; elements the model does not know are one sentence."""
-    from ase.data import chemical_symbols
-
+    from forcefield.data.elements import element_names, symbol_list, unknown_elements
     from forcefield.data.errors import DataError
     from forcefield.data.graphs import build_graphs
     from forcefield.data.readers import iter_records
@@ -74,16 +73,13 @@ def load_replay(sources: Sequence[str], r_max: float, species: Sequence[int],
         graphs = build_graphs(iter_records(list(sources)), r_max, name=f"{label} replay data")
     except (DataError, FileNotFoundError) as exc:
         raise ConfigError(f"finetune.replay={label}: {exc}") from exc
-    known = {int(z) for z in species}
-    numbers = torch.cat([g.atomic_numbers for g in graphs])
-    unknown = sorted({int(z) for z in torch.unique(numbers).tolist()} - known)
+    unknown = unknown_elements(graphs, species)
     if unknown:
-        elements = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-        model = ", ".join(chemical_symbols[z] for z in sorted(known))
         raise ConfigError(
-            f"finetune.replay={label}: the replay data contains {elements}, which the model "
-            f"does not know (it knows {model}); replay the model's own training data "
-            "(finetune.replay=base or its files) or leave finetune.replay out")
+            f"finetune.replay={label}: the replay data contains {element_names(unknown)}, "
+            f"which the model does not know (it knows {symbol_list(species)}); replay the "
+            "model's own training data (finetune.replay=base or its files) or leave "
+            "finetune.replay out")
     return graphs
 
 
