@@ -333,7 +333,9 @@ def load_model(
     ``forcefield.traced.TracedPotential`` with the same call interface (inference only).
     """
     path = Path(path)
-    if str(path).endswith(".pt2"):
+    from forcefield.pt2 import is_pt2
+
+    if is_pt2(path):
         from forcefield.traced import packaged_potential
 
         return packaged_potential(path, device, resolve_dtype(dtype))
@@ -416,13 +418,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     if dtype:
         net = net.to(resolve_dtype(dtype))
     if format == "pt2":
+        from forcefield.direct_forces import FINETUNE_HINT, is_direct
         from forcefield.pt2 import export_pt2
 
-        if (getattr(net, "config", {}) or {}).get("forces", "gradient") != "gradient":
-            raise ConfigError(f"checkpoint={src} predicts forces directly (model.forces=direct); "
-                              "a package computes forces as -dE/dx, so fine-tune a conservative "
-                              "model first (forcefield train init_from=... "
-                              "model.forces=gradient)")
+        if is_direct(net):
+            raise ConfigError(f"checkpoint={src} predicts forces directly (model.forces=direct), "
+                              f"and a package computes forces as -dE/dx: {FINETUNE_HINT}")
         return export_pt2(net, dest)
     save_model(dest, net, metadata=metadata)
     return dest

@@ -170,12 +170,11 @@ def load_network(
     import torch
 
     from forcefield.export import load_model, resolve_dtype
+    from forcefield.pt2 import is_pt2
 
     path = Path(path)
-    if path.suffix == ".pt2":
-        from forcefield.traced import packaged_potential
-
-        net = packaged_potential(path, device=device, dtype=resolve_dtype(dtype))
+    if is_pt2(path):
+        net = load_model(path, device=device, dtype=dtype)
         return net, {"kind": "package", "dtype": net.metadata["dtype"], "metadata": net.metadata}
     kind, raw = read_any(path)
     target = resolve_dtype(dtype)

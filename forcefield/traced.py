@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from forcefield import ops
+from forcefield.nn.conservative import stress_from_virial
 
 __all__ = ["OUTPUTS", "PotentialFunction", "TracedPotential", "compiled_potential",
            "example_inputs", "inductor_options", "packaged_potential", "trace_potential"]
@@ -78,9 +79,12 @@ def trace_potential(model: nn.Module, dtype: torch.dtype | None = None) -> torch
     number of atoms and edges; ``model`` must compute forces as -dE/dx."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    if getattr(model, "config", {}).get("forces", "gradient") != "gradient":
-        raise ValueError("only models with gradient forces (-dE/dx) can be traced; this "
-                         "model predicts forces directly (model.forces=direct)")
+    from forcefield.direct_forces import FINETUNE_HINT, DirectForcesError, is_direct
+
+    if is_direct(model):
+        raise DirectForcesError("only models with gradient forces (-dE/dx) can be traced; this "
+                                f"model predicts forces directly (model.forces=direct): "
+                                f"{FINETUNE_HINT}")
     dtype = dtype or next(model.parameters()).dtype
     species = int(model.species[0]) if hasattr(model, "species") else 1
     function = PotentialFunction(model.eval())
@@ -118,18 +122,16 @@ class TracedPotential(nn.Module):
         return [int(z) for z in self.config["species"]]
 
     def _check(self, numbers: Tensor) -> None:
-        from ase.data import chemical_symbols
+        from forcefield.data.elements import element_names, symbol_list
 
         numbers = numbers.cpu()
         bad = (numbers < 0) | (numbers >= self._known.shape[0])
         bad = bad | ~self._known[numbers.clamp(0, self._known.shape[0] - 1)]
         if bool(bad.any()):
-            unknown = sorted({int(z) for z in numbers[bad]})
-            names = ", ".join(f"{chemical_symbols[z] if 0 < z < 119 else '?'} (Z={z})"
-                              for z in unknown)
-            known = ", ".join(chemical_symbols[z] for z in self.species)
+            names = element_names(sorted({int(z) for z in numbers[bad]}))
             where = self.source or "this model"
-            raise ValueError(f"element {names} is not in the species of {where} [{known}]")
+            raise ValueError(f"element {names} is not in the species of {where} "
+                             f"[{symbol_list(self.species)}]")
 
     def forward(self, data, compute_forces: bool = True, compute_stress: bool = False,
                 training: bool = False) -> dict[str, Tensor]:
@@ -145,12 +147,10 @@ class TracedPotential(nn.Module):
             data.pos.to(dtype).contiguous(), data.atomic_numbers.to(torch.int64).contiguous(),
             cell[0].to(dtype).contiguous(), data.edge_index.to(torch.int64).contiguous(),
             data.cell_shifts.to(dtype).contiguous())
-        volume = torch.linalg.det(cell[0].to(torch.float64)).abs()
-        stress = -virial / volume if float(volume) > 0 else torch.zeros_like(virial)
         out = {"energy": energy.reshape(1), "node_energy": node_energy, "forces": forces,
                "virial": virial.reshape(1, 3, 3)}
         if compute_stress:
-            out["stress"] = stress.reshape(1, 3, 3)
+            out["stress"] = stress_from_virial(out["virial"], cell)
         return out
 
 

@@ -50,12 +50,18 @@ def energy_derivatives(energy: torch.Tensor, inputs: list[torch.Tensor], cell: t
         out["forces"] = -grads[0].to(torch.float64)
     if stress:
         virial = -grads[-1].to(torch.float64)
-        volume = torch.linalg.det(cell.to(torch.float64).reshape(-1, 3, 3)).abs()
-        safe = torch.where(volume > 0, volume, torch.ones_like(volume))
         out["virial"] = virial
-        out["stress"] = torch.where(volume[:, None, None] > 0, -virial / safe[:, None, None],
-                                    torch.zeros_like(virial))
+        out["stress"] = stress_from_virial(virial, cell)
     return out
+
+
+def stress_from_virial(virial: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """-virial / volume per structure ([B, 3, 3] float64), zero where a cell has no volume
+    (a molecule without a cell)."""
+    volume = torch.linalg.det(cell.to(torch.float64).reshape(-1, 3, 3)).abs()
+    safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+    return torch.where(volume[:, None, None] > 0, -virial / safe[:, None, None],
+                       torch.zeros_like(virial))
 
 
 def smootherstep(x: torch.Tensor) -> torch.Tensor:
