@@ -111,6 +111,11 @@ class ForceFieldModule(pl.LightningModule):
         self._cosines: list[CosineFactor] = []  # lr factors that follow a time budget
         self._plateau_state = None
         self.stage_two = dict(training.get("stage_two") or {})
+        self.compiled = None  # CompiledTraining of self.model when training.compile is on
+        if training.get("compile", False):
+            from forcefield.training.compiled import CompiledTraining
+
+            self.compiled = CompiledTraining(self.model)
         self.stage_two_active = False
         self._restore_stage_two_lr = False
 
@@ -130,9 +135,13 @@ class ForceFieldModule(pl.LightningModule):
         return not training or self.loss_cfg.forces_weight > 0
 
     def predict_batch(self, model: torch.nn.Module, batch, training: bool) -> dict:
+        forces, stress = self._wants_forces(batch, training), self._wants_stress(batch)
         with torch.enable_grad():
-            out = model(batch, compute_forces=self._wants_forces(batch, training),
-                        compute_stress=self._wants_stress(batch), training=training)
+            if training and self.compiled is not None and model is self.model:
+                out = self.compiled(batch, compute_forces=forces, compute_stress=stress)
+            else:
+                out = model(batch, compute_forces=forces, compute_stress=stress,
+                            training=training)
         if not training:
             out = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
         return out

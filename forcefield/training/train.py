@@ -42,7 +42,7 @@ TRAIN_KEYS = ("data", "model", "trainer", "experiment", "seed", "dtype", "output
               "ckpt_path", "training", "test", "export")
 TRAIN_KEYS += ("logger", "callbacks", "init_from", "finetune")  # loggers.py, finetune.py
 TRAIN_KEYS += ("sweep",)  # read by the command layer's Hydra sweeps (forcefield.cli.sweep)
-TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema", "stage_two")
+TRAINING_KEYS = ("loss", "optimizer", "scheduler", "ema", "stage_two", "compile")
 
 
 def _echo(msg: str = "", err: bool = False) -> None:
