@@ -3,14 +3,15 @@
     .venv-fairchem/bin/python tests/fairchem_eqv2_reference.py IN.pt OUT.pt
 
 IN.pt (written by the test): ``backbone`` (EquiformerV2Backbone arguments), ``heads``,
-``seed``, and ``structures``: per structure ``pos`` [N, 3], ``cell`` [3, 3], ``numbers``
-[N], the graph as fairchem reads it with ``otf_graph=False`` (``edge_index`` [2, E] with
-row 0 the source, ``cell_offsets`` [E, 3]) and ``rotation`` [E, 3, 3], our deterministic
-edge frames.  Builds a randomly initialised fairchem hydra EquiformerV2 in float64
-(``torch.set_default_dtype`` before construction, so its Wigner-D matrices, grids and
-Gaussian centres are float64 too), replaces only the random roll of its edge frames by
-``rotation`` (fairchem draws a random vector per edge and call; both frames send the edge
-to +y, so they differ by a roll about the edge alone) and evaluates the batch in eval mode.
+``seed``, ``perturb`` (every parameter then moves by that times N(0, 1)), and
+``structures``: per structure ``pos`` [N, 3], ``cell`` [3, 3], ``numbers`` [N], the graph as
+fairchem reads it with ``otf_graph=False`` (``edge_index`` [2, E] with row 0 the source,
+``cell_offsets`` [E, 3]) and ``rotation`` [E, 3, 3], our deterministic edge frames.  Builds
+a randomly initialised fairchem hydra EquiformerV2 in float64 (``torch.set_default_dtype``
+before construction, so its Wigner-D matrices, grids and Gaussian centres are float64 too),
+replaces only the random roll of its edge frames by ``rotation`` (fairchem draws a random
+vector per edge and call; both frames send the edge to +y, so they differ by a roll about
+the edge alone) and evaluates the batch in eval mode.
 
 OUT.pt: ``checkpoint`` ({"state_dict": {"module." + key: tensor}, "config": {"model":
 hydra config}}, the layout of a fairchem 1.x trainer checkpoint), ``energy`` [B],
@@ -38,6 +39,9 @@ def main(path_in: str, path_out: str) -> None:
     backbone = {"model": "equiformer_v2_backbone", **spec["backbone"]}
     model = HydraModel(backbone=backbone, heads=spec["heads"], otf_graph=False)
     model.eval()
+    with torch.no_grad():  # biases, norm weights and projection biases off their initial
+        for p in model.parameters():  # 0 / 1: a wrong layout of any of them shows
+            p.add_(float(spec["perturb"]) * torch.randn_like(p))
 
     items, rotations = [], []
     for s in spec["structures"]:

@@ -107,8 +107,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_random_fairchem_model_ports_to_the_same_energy_and_forces(tmp_path):
     batch, specs = graphs(slabs())
     path_in, path_out = tmp_path / "in.pt", tmp_path / "out.pt"
-    torch.save({"backbone": BACKBONE, "heads": HEADS, "seed": 7, "structures": specs},
-               path_in)
+    torch.save({"backbone": BACKBONE, "heads": HEADS, "seed": 7, "perturb": 0.1,
+                "structures": specs}, path_in)
     run = subprocess.run([str(fairchem_python()), str(REFERENCE), str(path_in),
                           str(path_out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -143,7 +143,7 @@ def small_checkpoint(**backbone) -> dict:
     from forcefield.models import GauntEquiformerV2
 
     torch.manual_seed(0)
-    model = GauntEquiformerV2(**cfg).double()
+    model = GauntEquiformerV2(**cfg).double().eval()
     with torch.no_grad():  # no parameter left at a symmetric initial value
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -179,6 +179,24 @@ def test_older_single_model_layout_ports_the_same():
     for key, value in model.state_dict().items():
         torch.testing.assert_close(back.state_dict()[key], value, rtol=1e-15, atol=1e-15,
                                    msg=key)
+
+
+def test_energy_references_follow_fairchem_layouts():
+    """The older model adds energy_lin_ref[z] per atom (E0s here); the hydra backbone
+    holds the parameter but never adds it."""
+    ckpt = small_checkpoint(use_energy_lin_ref=True, load_energy_lin_ref=True)
+    ckpt.pop("model")
+    ref = torch.linspace(-1.0, 1.0, 90, dtype=torch.float64)
+    hydra = {**ckpt, "state_dict": {**ckpt["state_dict"],
+                                    "module.backbone.energy_lin_ref": ref}}
+    assert from_fairchem_equiformer_v2(hydra).config["e0s"] == {}
+    old = {"module." + k.removeprefix("module.backbone.").removeprefix(
+        "module.output_heads.energy.").removeprefix("module.output_heads.forces."): v
+        for k, v in hydra["state_dict"].items()}
+    attributes = {k: v for k, v in ckpt["config"]["model"]["backbone"].items() if k != "model"}
+    legacy = from_fairchem_equiformer_v2(
+        {"state_dict": old, "config": {"model": "equiformer_v2", "model_attributes": attributes}})
+    assert legacy.config["e0s"][26] == pytest.approx(float(ref[26]))
 
 
 @pytest.mark.parametrize("change, words", [
@@ -249,3 +267,26 @@ def test_e3nn_grid_quadrature_integrates_harmonics():
     y = so3.spherical_harmonics(6, torch.as_tensor(points))
     gram = y.T @ (y * torch.as_tensor(weights)[:, None])
     torch.testing.assert_close(gram, torch.eye(49, dtype=gram.dtype), atol=1e-13, rtol=0)
+
+
+def test_export_command_writes_a_model_file_from_a_fairchem_checkpoint(tmp_path, capsys):
+    from forcefield.cli.export import main
+    from forcefield.export import load_model
+
+    ckpt = small_checkpoint()
+    model = ckpt.pop("model")
+    path = tmp_path / "fairchem.pt"
+    torch.save(ckpt, path)
+    out = tmp_path / "eqv2.pt"
+    assert main([f"checkpoint={path}", f"output={out}", "source=fairchem",
+                 "dtype=float64"]) == 0
+    loaded = load_model(out)
+    batch, _ = graphs([float32_exact_cell(next(iter(oc20_like(1, seed=1, kind="slab",
+                                                              size=(2, 2, 3)))))])
+    torch.testing.assert_close(loaded(batch)["energy"], model(batch)["energy"], rtol=1e-12,
+                               atol=0)
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {}, "config": {"model": "gemnet_oc"}}, bad)
+    assert main([f"checkpoint={bad}", f"output={tmp_path / 'x.pt'}", "source=fairchem"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not fairchem's EquiformerV2" in err[0]

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from forcefield.errors import ForceFieldError
+
 from .gaunt_equiformer_v2 import GauntEquiformerV2
 
 __all__ = ["FairchemPortError", "from_fairchem_equiformer_v2", "fairchem_model_config",
@@ -60,7 +62,7 @@ DERIVED = ("mappingReduced.", "SO3_rotation.", "SO3_grid.", ".expand_index",
            ".balance_degree_weight", "distance_expansion.offset")
 
 
-class FairchemPortError(ValueError):
+class FairchemPortError(ForceFieldError):
     """A fairchem checkpoint this converter cannot map exactly (the message says why)."""
 
 
@@ -71,8 +73,9 @@ def _fail(message: str) -> FairchemPortError:
 # ----------------------------------------------------------------------------- config
 
 
-def _model_section(config: Mapping[str, Any]) -> tuple[dict, dict]:
-    """(backbone arguments, heads) from a checkpoint ``config`` or a bare model config."""
+def _model_section(config: Mapping[str, Any]) -> tuple[dict, dict, bool]:
+    """(backbone arguments, heads, hydra layout?) from a checkpoint ``config`` or a bare
+    model config."""
     model = config.get("model", config)
     if isinstance(model, str):  # older trainer configs: model name + model_attributes
         model = {"name": model, **dict(config.get("model_attributes") or {})}
@@ -89,7 +92,7 @@ def _model_section(config: Mapping[str, Any]) -> tuple[dict, dict]:
             if model.get(key):
                 raise _fail(f"config model.{key} is set; port the checkpoint it starts "
                             "from, or a checkpoint saved with the full model")
-        return backbone, heads
+        return backbone, heads, True
     if name not in ("equiformer_v2", None):
         raise _fail(f"config model name {name!r} is not fairchem's EquiformerV2 "
                     "('equiformer_v2' or a hydra model with 'equiformer_v2_backbone')")
@@ -97,7 +100,7 @@ def _model_section(config: Mapping[str, Any]) -> tuple[dict, dict]:
     heads = {"energy": {"module": "equiformer_v2_energy_head"}}
     if backbone.get("regress_forces", True) and backbone.get("direct_forces", True):
         heads["forces"] = {"module": "equiformer_v2_force_head"}
-    return backbone, heads
+    return backbone, heads, False
 
 
 def fairchem_model_config(config: Mapping[str, Any], *,
@@ -106,7 +109,7 @@ def fairchem_model_config(config: Mapping[str, Any], *,
 
     Raises :class:`FairchemPortError` for an option that cannot be reproduced exactly.
     """
-    backbone, heads = _model_section(config)
+    backbone, heads, hydra = _model_section(config)
     fc = {**BACKBONE_DEFAULTS, **backbone}
     for key, value in REQUIRED.items():
         if fc[key] != value:
@@ -167,7 +170,10 @@ def fairchem_model_config(config: Mapping[str, Any], *,
     }
     facts = {"energy_head": energy_head, "force_head": force_head, "max_num_elements": max_z,
              "avg_num_nodes": float(fc["avg_num_nodes"] or AVG_NUM_NODES),
-             "use_energy_lin_ref": bool(fc["use_energy_lin_ref"]),
+             # only the older single model adds energy_lin_ref; the hydra backbone keeps
+             # the parameter but never uses it
+             "use_energy_lin_ref": (not hydra and bool(fc["use_energy_lin_ref"])
+                                    and bool(fc["load_energy_lin_ref"])),
              "lmax": lmax, "mmax": mmax}
     return ours, facts
 
