@@ -2,21 +2,23 @@
 
     .venv-fairchem/bin/python tests/fairchem_eqv2_reference.py IN.pt OUT.pt
 
-IN.pt (written by the test): ``backbone`` (EquiformerV2Backbone arguments), ``heads``,
-``seed``, ``perturb`` (every parameter then moves by that times N(0, 1)), and
-``structures``: per structure ``pos`` [N, 3], ``cell`` [3, 3], ``numbers`` [N], the graph as
-fairchem reads it with ``otf_graph=False`` (``edge_index`` [2, E] with row 0 the source,
-``cell_offsets`` [E, 3]) and ``rotation`` [E, 3, 3], our deterministic edge frames.  Builds
-a randomly initialised fairchem hydra EquiformerV2 in float64 (``torch.set_default_dtype``
-before construction, so its Wigner-D matrices, grids and Gaussian centres are float64 too),
-replaces only the random roll of its edge frames by ``rotation`` (fairchem draws a random
-vector per edge and call; both frames send the edge to +y, so they differ by a roll about
-the edge alone) and evaluates the batch in eval mode.
+IN.pt (written by the test): ``cases``, each with ``backbone`` (EquiformerV2Backbone
+arguments), ``heads``, ``seed`` and ``perturb`` (every parameter then moves by that times
+N(0, 1)), and ``structures``: per structure ``pos`` [N, 3], ``cell`` [3, 3], ``numbers``
+[N], the graph as fairchem reads it with ``otf_graph=False`` (``edge_index`` [2, E] with row
+0 the source, ``cell_offsets`` [E, 3]) and ``rotation`` [E, 3, 3], our deterministic edge
+frames.  Builds per case a randomly initialised fairchem hydra EquiformerV2 in float64
+(``torch.set_default_dtype`` before construction, so its Wigner-D matrices, grids and
+Gaussian centres are float64 too), replaces only the random roll of its edge frames by
+``rotation`` (fairchem draws a random vector per edge and call; both frames send the edge
+to +y, so they differ by a roll about the edge alone) and evaluates the batch in eval mode.
+(fairchem's own graph, ``otf_graph=True``, cannot be built in float64: radius_graph_pbc
+mixes in float32 tensors.)
 
-OUT.pt: ``checkpoint`` ({"state_dict": {"module." + key: tensor}, "config": {"model":
-hydra config}}, the layout of a fairchem 1.x trainer checkpoint), ``energy`` [B],
-``forces`` [N, 3] and ``fairchem_version``.  No forcefield import: the two sides share
-only these files.
+OUT.pt: ``fairchem_version`` and ``cases``, each with ``checkpoint`` ({"state_dict":
+{"module." + key: tensor}, "config": {"model": hydra config}}, the layout of a fairchem 1.x
+trainer checkpoint), ``energy`` [B] and ``forces`` [N, 3].  No forcefield import: the two
+sides share only these files.
 """
 
 from __future__ import annotations
@@ -35,14 +37,6 @@ def main(path_in: str, path_out: str) -> None:
     from torch_geometric.data import Batch, Data
 
     spec = torch.load(path_in, weights_only=True)
-    torch.manual_seed(int(spec["seed"]))
-    backbone = {"model": "equiformer_v2_backbone", **spec["backbone"]}
-    model = HydraModel(backbone=backbone, heads=spec["heads"], otf_graph=False)
-    model.eval()
-    with torch.no_grad():  # biases, norm weights and projection biases off their initial
-        for p in model.parameters():  # 0 / 1: a wrong layout of any of them shows
-            p.add_(float(spec["perturb"]) * torch.randn_like(p))
-
     items, rotations = [], []
     for s in spec["structures"]:
         n = s["numbers"].shape[0]
@@ -63,20 +57,29 @@ def main(path_in: str, path_out: str) -> None:
         assert torch.allclose(y, torch.tensor([0.0, 1.0, 0.0]).expand_as(y), atol=1e-10)
         return rotation.detach()
 
-    model.backbone._init_edge_rot_mat = fixed_roll
-    out = model(batch)
-    # hydra outputs are {head: {output_name: tensor}} unless the heads pass them through
-    energy, forces = (out[k][k] if isinstance(out[k], dict) else out[k]
-                      for k in ("energy", "forces"))
-    state = {"module." + k: v.detach().clone() for k, v in model.state_dict().items()}
-    config = {"model": {"name": "hydra", "backbone": backbone, "heads": spec["heads"],
-                        "otf_graph": False}}
-    torch.save({"checkpoint": {"state_dict": state, "config": config},
-                "energy": energy.detach().reshape(-1),
-                "forces": forces.detach().reshape(-1, 3),
+    results = []
+    for case in spec["cases"]:
+        torch.manual_seed(int(case["seed"]))
+        backbone = {"model": "equiformer_v2_backbone", **case["backbone"]}
+        model = HydraModel(backbone=backbone, heads=case["heads"], otf_graph=False)
+        model.eval()
+        with torch.no_grad():  # biases, norm weights and projection biases off their
+            for p in model.parameters():  # initial 0 / 1: a wrong layout of any shows
+                p.add_(float(case["perturb"]) * torch.randn_like(p))
+        model.backbone._init_edge_rot_mat = fixed_roll
+        out = model(batch)
+        # hydra outputs are {head: {output_name: tensor}} unless the heads pass them through
+        energy, forces = (out[k][k] if isinstance(out[k], dict) else out[k]
+                          for k in ("energy", "forces"))
+        state = {"module." + k: v.detach().clone() for k, v in model.state_dict().items()}
+        config = {"model": {"name": "hydra", "backbone": backbone, "heads": case["heads"],
+                            "otf_graph": False}}
+        results.append({"checkpoint": {"state_dict": state, "config": config},
+                        "energy": energy.detach().reshape(-1),
+                        "forces": forces.detach().reshape(-1, 3)})
+    torch.save({"cases": results,
                 "fairchem_version": str(getattr(fairchem.core, "__version__", "unknown"))},
                path_out)
-
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

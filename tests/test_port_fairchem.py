@@ -4,12 +4,13 @@ The agreement test needs fairchem-core 1.10 in its own environment (``bash
 scripts/setup_fairchem_env.sh`` makes .venv-fairchem; FAIRCHEM_VENV names another one) and
 skips without it.  It runs tests/fairchem_eqv2_reference.py there as a subprocess: a
 randomly initialised fairchem hydra EquiformerV2 (the S2EF-2M architecture, L 6, M 2, grid
-18, 600 Gaussians, ``layer_norm_sh``, grid MLPs, with small widths and 2 layers for speed)
-evaluates OC20 slabs in float64 on the graph and edge frames this process made (the only
-patch: fairchem's random edge roll is replaced by our deterministic frame).  The weights it
-saves are converted here and must give the same energies and direct forces to 1e-6
-relative.  The other tests need no fairchem: the converter's refusals and the key map
-round trip.
+18, 600 Gaussians, ``layer_norm_sh``, grid MLPs, with small widths and 2 layers for speed;
+also with the degrees of the 31M (L 4, M 2) and 153M (L 6, M 3) models), every parameter
+then moved by 0.1 N(0, 1), evaluates OC20 slabs in float64 on the graph and edge frames this
+process made (the only patch: fairchem's random edge roll is replaced by our deterministic
+frame).  The weights it saves are converted here and must give the same energies and
+direct forces to 1e-6 relative.  The other tests need no fairchem: the converter's
+refusals, the key map round trip, the older layout and ``forcefield export source=fairchem``.
 """
 
 from __future__ import annotations
@@ -100,35 +101,43 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+#: (lmax, mmax) of fairchem's three OC20 models: S2EF-2M / 83M, 31M, 153M
+ARCHITECTURES = {"S2EF-2M": (6, 2), "31M": (4, 2), "153M": (6, 3)}
+
+
 @pytest.mark.skipif(fairchem_python() is None,
                     reason="no fairchem environment (bash scripts/setup_fairchem_env.sh, or "
                            "FAIRCHEM_VENV=DIR): fairchem-core pins an old torch, so it lives "
                            "in its own venv")
 def test_random_fairchem_model_ports_to_the_same_energy_and_forces(tmp_path):
     batch, specs = graphs(slabs())
+    cases = [{"backbone": {**BACKBONE, "lmax_list": [lmax], "mmax_list": [mmax]},
+              "heads": HEADS, "seed": 7 + k, "perturb": 0.1}
+             for k, (lmax, mmax) in enumerate(ARCHITECTURES.values())]
     path_in, path_out = tmp_path / "in.pt", tmp_path / "out.pt"
-    torch.save({"backbone": BACKBONE, "heads": HEADS, "seed": 7, "perturb": 0.1,
-                "structures": specs}, path_in)
+    torch.save({"cases": cases, "structures": specs}, path_in)
     run = subprocess.run([str(fairchem_python()), str(REFERENCE), str(path_in),
                           str(path_out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     ref = torch.load(path_out, weights_only=True)
 
-    model = from_fairchem_equiformer_v2(ref["checkpoint"], dtype=torch.float64)
-    assert model.config["parity"] is False and model.config["selfmix"] is False
-    out = model(batch)
-    e_err = relative(out["energy"], ref["energy"])
-    f_err = relative(out["forces"], ref["forces"])
-    print(f"fairchem {ref['fairchem_version']}: {len(specs)} slabs, "
-          f"{batch.edge_index.shape[1]} edges; energy {e_err:.2e}, forces {f_err:.2e} "
-          "(max abs difference / max abs value)")
-    assert e_err < 1e-6 and f_err < 1e-6
+    for name, case in zip(ARCHITECTURES, ref["cases"], strict=True):
+        model = from_fairchem_equiformer_v2(case["checkpoint"], dtype=torch.float64)
+        assert model.config["parity"] is False and model.config["selfmix"] is False
+        out = model(batch)
+        e_err = relative(out["energy"], case["energy"])
+        f_err = relative(out["forces"], case["forces"])
+        print(f"fairchem {ref['fairchem_version']}, {name} (L {model.config['lmax']}, "
+              f"M {model.config['mmax']}): {len(specs)} slabs, {batch.edge_index.shape[1]} "
+              f"edges; energy {e_err:.2e}, forces {f_err:.2e} (max abs difference / max abs "
+              "value)")
+        assert e_err < 1e-6 and f_err < 1e-6, name
 
-    # a model of fewer species predicts the same
-    small = from_fairchem_equiformer_v2(ref["checkpoint"], dtype=torch.float64,
+    # a model of fewer species predicts the same (the 31M case: the cheapest)
+    small = from_fairchem_equiformer_v2(ref["cases"][1]["checkpoint"], dtype=torch.float64,
                                         species=sorted({int(z) for s in specs
                                                         for z in s["numbers"]}))
-    assert relative(small(batch)["energy"], ref["energy"]) < 1e-6
+    assert relative(small(batch)["energy"], ref["cases"][1]["energy"]) < 1e-6
 
 
 # ----------------------------------------------------------------------------- no fairchem
