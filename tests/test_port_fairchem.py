@@ -190,6 +190,16 @@ def test_older_single_model_layout_ports_the_same():
                                    msg=key)
 
 
+def test_a_bare_state_dict_takes_its_config_separately():
+    ckpt = small_checkpoint()
+    model = ckpt.pop("model")
+    backbone = ckpt["config"]["model"]["backbone"]  # {"model": "equiformer_v2_backbone", ...}
+    for config in (ckpt["config"], ckpt["config"]["model"], backbone):
+        back = from_fairchem_equiformer_v2(ckpt["state_dict"], config, dtype=torch.float64)
+        torch.testing.assert_close(back.state_dict()["blocks.1.ffn.bias_out"],
+                                   model.state_dict()["blocks.1.ffn.bias_out"])
+
+
 def test_energy_references_follow_fairchem_layouts():
     """The older model adds energy_lin_ref[z] per atom (E0s here); the hydra backbone
     holds the parameter but never adds it."""

@@ -77,6 +77,8 @@ def _model_section(config: Mapping[str, Any]) -> tuple[dict, dict, bool]:
     """(backbone arguments, heads, hydra layout?) from a checkpoint ``config`` or a bare
     model config."""
     model = config.get("model", config)
+    if model in ("equiformer_v2_backbone",):  # a hydra backbone section on its own
+        model = {"name": "equiformer_v2", **{k: v for k, v in config.items() if k != "model"}}
     if isinstance(model, str):  # older trainer configs: model name + model_attributes
         model = {"name": model, **dict(config.get("model_attributes") or {})}
     model = dict(model)
