@@ -282,7 +282,7 @@ def _so2(fc: str, ff: str, c_in: int, c_out: int, lmax: int, mmax: int,
                      *_perm(rows_m, _lm_to_cl(n, c_in)))
 
 
-def _attention(fc: str, ff: str, cfg: dict, c_out: int) -> Iterator[_Entry]:
+def _attention(fc: str, ff: str, cfg: dict) -> Iterator[_Entry]:
     c, lmax, mmax = cfg["channels"], cfg["lmax"], cfg["mmax"]
     h, hidden = cfg["heads"], cfg["attn_hidden"]
     extra = h * cfg["alpha_channels"] + hidden
@@ -327,7 +327,7 @@ def _entries(cfg: dict, facts: dict) -> list[_Entry]:
                        *species),
                 _Entry(f"{fc}.ga.target_embedding.weight", f"{ff}.target_embedding.weight",
                        *species)]
-        out += _attention(f"{fc}.ga", f"{ff}.attention", cfg, c)
+        out += _attention(f"{fc}.ga", f"{ff}.attention", cfg)
         out += _norm(f"{fc}.norm_1", f"{ff}.norm_attention")
         out += _norm(f"{fc}.norm_2", f"{ff}.norm_ffn")
         out += _ffn(f"{fc}.ffn", f"{ff}.ffn")
@@ -340,11 +340,11 @@ def _entries(cfg: dict, facts: dict) -> list[_Entry]:
                        *species),
                 _Entry(f"{fh}.target_embedding.weight", "force_target_embedding.weight",
                        *species)]
-        out += _attention(fh, "force_head", cfg, 1)
+        out += _attention(fh, "force_head", cfg)
     return out
 
 
-def _norm_names(cfg: dict, facts: dict) -> list[tuple[str, str]]:
+def _norm_names(cfg: dict) -> list[tuple[str, str]]:
     """(fairchem prefix, our prefix) of every layer_norm_sh: weight = [norm_l0.weight;
     affine_weight] is one tensor of ours from two of fairchem's."""
     names = [(f"backbone.blocks.{i}.{a}", f"blocks.{i}.{b}") for i in range(cfg["num_layers"])
@@ -436,7 +436,7 @@ def from_fairchem_equiformer_v2(
                         "'energy_lin_ref'")
         cfg["e0s"] = {z: float(ref[z]) for z in cfg["species"]}
     entries = _entries(cfg, facts)
-    norms = _norm_names(cfg, facts)
+    norms = _norm_names(cfg)
     expected = {e.fc for e in entries}
     expected |= {f"{fc}.{p}" for fc, _ in norms for p in ("norm_l0.weight", "affine_weight")}
     optional = {"backbone.energy_lin_ref"}
@@ -504,7 +504,7 @@ def to_fairchem_state_dict(model: GauntEquiformerV2, *, max_num_elements: int = 
              "max_num_elements": max_num_elements, "avg_num_nodes": avg_num_nodes}
     ours = model.state_dict()
     out = {e.fc: e.inverse(ours[e.ff]) for e in _entries(cfg, facts)}
-    for fc, ff in _norm_names(cfg, facts):
+    for fc, ff in _norm_names(cfg):
         out[f"{fc}.norm_l0.weight"] = ours[f"{ff}.weight"][0]
         out[f"{fc}.affine_weight"] = ours[f"{ff}.weight"][1:]
     return {"module." + k: v for k, v in out.items()}
