@@ -386,11 +386,14 @@ def model_info(path: str | os.PathLike) -> dict:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
-                      dtype: str | None = None, ema: bool = True, format: str = "pt") -> Path:
+                      dtype: str | None = None, ema: bool = True, format: str = "pt",
+                      source: str = "forcefield") -> Path:
     """``forcefield export``'s work: write ``output`` from a training checkpoint (its EMA
     weights unless ``ema=False``) or a model file; ``dtype`` None keeps the source's.
     ``format`` is ``pt`` (the model file) or ``pt2`` (an AOTInductor package,
-    ``forcefield.pt2``)."""
+    ``forcefield.pt2``).  ``source="fairchem"``: ``checkpoint`` is a fairchem 1.x
+    EquiformerV2 checkpoint, ported by :func:`forcefield.models.port.from_fairchem_equiformer_v2`
+    (float32 unless ``dtype`` says otherwise)."""
     from forcefield.errors import ConfigError
     from forcefield.model_files import module_from_checkpoint, read_checkpoint
     from forcefield.training.config import check_dtype
@@ -404,7 +407,16 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     suffix = ".pt2" if format == "pt2" else ".pt"
     if dest.suffix != suffix:
         raise ConfigError(f"output={dest}: a format={format} file ends in {suffix}")
-    if is_model_file(src):
+    if source not in ("forcefield", "fairchem"):
+        raise ConfigError(f"source={source!r} is not a checkpoint source; use "
+                          "source=forcefield (forcefield train) or source=fairchem (a fairchem "
+                          "1.x EquiformerV2 checkpoint)")
+    if source == "fairchem":
+        from forcefield.models.port import from_fairchem_equiformer_v2
+
+        net = from_fairchem_equiformer_v2(src, dtype=resolve_dtype(dtype) or torch.float32)
+        metadata = {"source_fairchem_checkpoint": str(src.resolve())}
+    elif is_model_file(src):
         net, metadata = load_model(src), {"source_model": str(src.resolve())}
     else:
         try:

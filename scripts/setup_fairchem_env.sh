@@ -13,8 +13,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv --system-site-packages "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --no-deps "fairchem-core==1.10.0"
-"$VENV/bin/python" -m pip install --quiet e3nn huggingface_hub pymatgen torchtnt wandb \
-    tensorboard pydantic orjson numba lmdb submitit
+# one at a time: resolving them together failed on a machine whose system site-packages
+# hold a distribution without a version (pip: "expected string or bytes-like object")
+for package in e3nn huggingface_hub pymatgen torchtnt wandb tensorboard pydantic orjson \
+        numba lmdb submitit; do
+    "$VENV/bin/python" -m pip install --quiet "$package"
+done
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 mkdir -p "$SITE/torch_scatter"
 cat > "$SITE/torch_scatter/__init__.py" <<'PY'

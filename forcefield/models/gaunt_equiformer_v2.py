@@ -68,6 +68,11 @@ def nearest_neighbours(r: torch.Tensor, receiver: torch.Tensor, num_nodes: int,
     return rank < k
 
 
+def _quadrature(sphere_grid: str) -> str:
+    """The grid-MLP quadrature of a ``sphere_grid`` choice."""
+    return "e3nn" if sphere_grid == "fairchem" else "gauss_legendre"
+
+
 class EquiformerBlock(nn.Module):
     """Attention, optional Gaunt selfmix and grid FFN, each pre-normed with a residual."""
 
@@ -76,7 +81,7 @@ class EquiformerBlock(nn.Module):
                  edge_features: int, edge_channels: int, num_elements: int, grid_degree: int,
                  selfmix: bool, gaunt_method: str, alpha_drop: float, drop_path: float,
                  parity: bool, grid_normalization: str = "integral",
-                 ffn_grid_degree: int | None = None):
+                 ffn_grid_degree: int | None = None, sphere_grid: str = "gauss_legendre"):
         super().__init__()
         self.source_embedding = edge_embedding(num_elements, edge_channels)
         self.target_embedding = edge_embedding(num_elements, edge_channels)
@@ -86,12 +91,13 @@ class EquiformerBlock(nn.Module):
             heads=heads, alpha_channels=alpha_channels, value_channels=value_channels,
             edge_features=edge_features + 2 * edge_channels,
             radial_hidden=[edge_channels, edge_channels], grid_degree=grid_degree,
-            alpha_drop=alpha_drop, parity=parity)
+            alpha_drop=alpha_drop, parity=parity, sphere_grid=sphere_grid)
         self.norm_selfmix = EquivariantLayerNorm(channels, lmax) if selfmix else None
         self.selfmix = GauntSelfmix(channels, lmax, method=gaunt_method) if selfmix else None
         self.norm_ffn = EquivariantLayerNorm(channels, lmax)
         self.ffn = GridFeedForward(channels, ffn_hidden, channels, lmax,
-                                   ffn_grid_degree or grid_degree, grid_normalization)
+                                   ffn_grid_degree or grid_degree, grid_normalization,
+                                   quadrature=_quadrature(sphere_grid))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, rbf, species_idx, rotation, wigner, envelope, sender, receiver, batch,
@@ -128,6 +134,16 @@ class GauntEquiformerV2(nn.Module):
         grid_normalization: grid values of the grid MLPs, "integral" (orthonormal
             harmonics, the default: what files without the key used) or "component" (unit
             variance, EquiformerV2's; the presets use it).
+        sphere_grid: "gauss_legendre" (ours, the default) or "fairchem": every sphere grid
+            is fairchem's ``SO3_Grid`` (e3nn's grid of grid_degree x grid_degree points, i.e.
+            grid_degree is fairchem's ``grid_resolution``; the edge activation with e3nn's
+            "component" factors and the m-truncation rescale on both projections); needs
+            grid_normalization="component".  For weights ported from fairchem.
+        cutoff_envelope: multiply edge terms by the smooth cutoff envelope (True, ours) or
+            not (False: EquiformerV2's, edges count fully up to r_max; the energy then
+            jumps when a neighbour crosses the cutoff).
+        edge_degree_normalization: divisor of the edge-degree embedding (None:
+            avg_num_neighbors, at most max_neighbors; fairchem uses the constant 23.395).
         selfmix: the Gaunt Selfmix sub-layer (False: plain EquiformerV2).
         parity: real SO(2) weights, so the energy is invariant under reflections (a physical
             potential's must be); False: EquiformerV2's complex weights (chiral).
@@ -162,6 +178,9 @@ class GauntEquiformerV2(nn.Module):
         grid_degree: int | None = None,
         ffn_grid_degree: int | None = None,
         grid_normalization: str = "integral",
+        sphere_grid: str = "gauss_legendre",
+        cutoff_envelope: bool = True,
+        edge_degree_normalization: float | None = None,
         selfmix: bool = True,
         parity: bool = True,
         gaunt_method: str = "auto",
@@ -198,6 +217,20 @@ class GauntEquiformerV2(nn.Module):
         if max_neighbors is not None and int(max_neighbors) < 1:
             raise ValueError(f"model.max_neighbors must be >= 1 or null, got {max_neighbors}")
         grid = default_grid_degree(lmax) if grid_degree is None else int(grid_degree)
+        if sphere_grid not in ("gauss_legendre", "fairchem"):
+            raise ValueError(f"model.sphere_grid={sphere_grid!r} is not supported; use "
+                             "'gauss_legendre' or 'fairchem'")
+        if sphere_grid == "fairchem":
+            if grid_normalization != "component":
+                raise ValueError("model.sphere_grid='fairchem' needs "
+                                 "model.grid_normalization='component' (fairchem's grids)")
+            for key, value in (("grid_degree", grid), ("ffn_grid_degree", ffn_grid_degree)):
+                if value is not None and (int(value) % 2 or int(value) < 2 * (lmax + 1)):
+                    raise ValueError(f"model.{key}={value} is not an e3nn grid resolution for "
+                                     f"lmax {lmax}: use an even number >= {2 * (lmax + 1)}")
+        if edge_degree_normalization is not None and float(edge_degree_normalization) <= 0:
+            raise ValueError("model.edge_degree_normalization must be positive or null, got "
+                             f"{edge_degree_normalization}")
         for key, value in (("grid_degree", grid), ("ffn_grid_degree", ffn_grid_degree)):
             # below 2 lmax the grid cannot even hold the features (to/from is not identity)
             if value is not None and int(value) < 2 * lmax:
@@ -213,7 +246,11 @@ class GauntEquiformerV2(nn.Module):
             "ffn_hidden": int(ffn_hidden), "edge_channels": int(edge_channels),
             "num_radial": int(num_radial), "grid_degree": grid,
             "ffn_grid_degree": None if ffn_grid_degree is None else int(ffn_grid_degree),
-            "grid_normalization": str(grid_normalization), "selfmix": bool(selfmix),
+            "grid_normalization": str(grid_normalization), "sphere_grid": str(sphere_grid),
+            "cutoff_envelope": bool(cutoff_envelope),
+            "edge_degree_normalization": (None if edge_degree_normalization is None
+                                          else float(edge_degree_normalization)),
+            "selfmix": bool(selfmix),
             "parity": bool(parity),
             "gaunt_method": str(gaunt_method), "forces": str(forces),
             "alpha_drop": float(alpha_drop), "force_alpha_drop": float(force_alpha_drop),
@@ -237,6 +274,8 @@ class GauntEquiformerV2(nn.Module):
         degree = cfg["avg_num_neighbors"]
         if self.max_neighbors is not None:
             degree = min(degree, float(self.max_neighbors))
+        if cfg["edge_degree_normalization"] is not None:
+            degree = cfg["edge_degree_normalization"]
         self.edge_degree = EdgeDegreeEmbedding(c, lmax, cfg["num_radial"] + 2 * ec, [ec, ec],
                                                degree)
         common = dict(channels=c, lmax=lmax, mmax=mmax, heads=cfg["heads"],
@@ -249,12 +288,14 @@ class GauntEquiformerV2(nn.Module):
                             gaunt_method=cfg["gaunt_method"], alpha_drop=cfg["alpha_drop"],
                             drop_path=cfg["drop_path"], parity=cfg["parity"],
                             grid_normalization=cfg["grid_normalization"],
-                            ffn_grid_degree=cfg["ffn_grid_degree"])
+                            ffn_grid_degree=cfg["ffn_grid_degree"],
+                            sphere_grid=cfg["sphere_grid"])
             for _ in range(cfg["num_layers"]))
         self.norm = EquivariantLayerNorm(c, lmax)
         self.energy_ffn = GridFeedForward(c, cfg["ffn_hidden"], 1, lmax,
                                           cfg["ffn_grid_degree"] or grid,
-                                          cfg["grid_normalization"])
+                                          cfg["grid_normalization"],
+                                          quadrature=_quadrature(cfg["sphere_grid"]))
         # zero energy readout at initialisation: the untrained model predicts E0 + shift
         nn.init.zeros_(self.energy_ffn.linear_out.weight)
         self.head = AtomicEnergyHead([cfg["e0s"].get(z, 0.0) for z in cfg["species"]],
@@ -268,7 +309,8 @@ class GauntEquiformerV2(nn.Module):
                 heads=cfg["heads"], alpha_channels=cfg["alpha_channels"],
                 value_channels=cfg["value_channels"],
                 edge_features=cfg["num_radial"] + 2 * ec, radial_hidden=[ec, ec],
-                grid_degree=grid, alpha_drop=cfg["force_alpha_drop"], parity=cfg["parity"])
+                grid_degree=grid, alpha_drop=cfg["force_alpha_drop"], parity=cfg["parity"],
+                sphere_grid=cfg["sphere_grid"])
 
     @classmethod
     def config_keys(cls) -> set[str]:
@@ -327,7 +369,10 @@ class GauntEquiformerV2(nn.Module):
             # traced: the caller's neighbour list is the cutoff's (the graph cannot select)
             if not ops.is_tracing() and not bool(keep.all()):
                 vec, r, sender, receiver = vec[keep], r[keep], sender[keep], receiver[keep]
-            envelope = self.envelope(r)
+            if self.config["cutoff_envelope"]:
+                envelope = self.envelope(r)
+            else:  # EquiformerV2's: every kept edge counts fully
+                envelope = torch.ones_like(r)
             rbf = self.rbf(r.unsqueeze(-1))
             wigner = self.rotation(vec)
             coordination = scatter(envelope, receiver, dim=0, dim_size=n, reduce="sum")

@@ -20,12 +20,14 @@ class GridFeedForward(nn.Module):
         normalization: grid values of the coefficients, ``"integral"`` (orthonormal
             harmonics; variance ~(lmax+1)^2 / 4 pi) or ``"component"`` (unit variance, as
             EquiformerV2's e3nn grids), see :data:`~.s2_activation.GRID_NORMALIZATIONS`.
+        quadrature: the sphere grid, see :data:`~.s2_activation.QUADRATURES`.
 
     ``forward(x [N, C, K]) -> [N, C_out, K]``.
     """
 
     def __init__(self, channels: int, hidden: int, channels_out: int, lmax: int,
-                 grid_degree: int, normalization: str = "integral"):
+                 grid_degree: int, normalization: str = "integral",
+                 quadrature: str = "gauss_legendre"):
         super().__init__()
         if normalization not in GRID_NORMALIZATIONS:
             raise ValueError(f"model.grid_normalization={normalization!r} is not supported; "
@@ -36,7 +38,7 @@ class GridFeedForward(nn.Module):
         self.linear_in = DegreeLinear(channels, hidden, lmax, lmax)
         self.bias_in = nn.Parameter(torch.zeros(hidden))
         scale = component_factors(lmax) if normalization == "component" else None
-        self.grid = SphereGrid(lmax, grid_degree, degree_scale=scale)
+        self.grid = SphereGrid(lmax, grid_degree, degree_scale=scale, quadrature=quadrature)
         self.grid_mlp = nn.Sequential(
             nn.Linear(hidden, hidden, bias=False), nn.SiLU(),
             nn.Linear(hidden, hidden, bias=False), nn.SiLU(),

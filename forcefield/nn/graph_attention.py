@@ -22,7 +22,12 @@ from torch_geometric.utils import scatter
 
 from .edge_mlp import EdgeMLP
 from .linear import DegreeLinear
-from .s2_activation import SeparableS2Activation, SphereGrid
+from .s2_activation import (
+    SeparableS2Activation,
+    SphereGrid,
+    component_factors,
+    m_truncation_factors,
+)
 from .so2_convolution import SO2Convolution
 from .wigner import EdgeRotation, m_truncated_index
 
@@ -66,12 +71,16 @@ class GraphAttention(nn.Module):
         grid_degree: quadrature degree of the edge S2 activation.
         alpha_drop: dropout on the attention weights (training only).
         parity: SO(2) convolutions with real weights (reflection-equivariant).
+        sphere_grid: the edge activation's grid, ``"gauss_legendre"`` (ours: orthonormal
+            harmonics on a quadrature exact to ``grid_degree``) or ``"fairchem"`` (fairchem's
+            ``SO3_Grid[lmax][mmax]``: e3nn's ``grid_degree`` x ``grid_degree`` grid, e3nn's
+            "component" factors and the m-truncation rescale on both projections).
     """
 
     def __init__(self, channels: int, channels_out: int, lmax: int, mmax: int, hidden: int,
                  heads: int, alpha_channels: int, value_channels: int, edge_features: int,
                  radial_hidden: list[int], grid_degree: int, alpha_drop: float = 0.0,
-                 parity: bool = True):
+                 parity: bool = True, sphere_grid: str = "gauss_legendre"):
         super().__init__()
         self.channels, self.channels_out = channels, channels_out
         self.lmax, self.mmax, self.hidden = lmax, mmax, hidden
@@ -85,7 +94,18 @@ class GraphAttention(nn.Module):
         self.alpha_dot = nn.Parameter(torch.randn(heads, alpha_channels) / alpha_channels**0.5)
         self.alpha_drop = nn.Dropout(alpha_drop) if alpha_drop > 0 else None
         index = m_truncated_index(lmax, mmax)
-        self.activation = SeparableS2Activation(SphereGrid(lmax, grid_degree, index))
+        if sphere_grid == "fairchem":
+            n, m = component_factors(lmax), m_truncation_factors(lmax, mmax)
+            grid = SphereGrid(lmax, grid_degree, index,
+                              degree_scale=[a * b for a, b in zip(n, m, strict=True)],
+                              from_scale=[b / a for a, b in zip(n, m, strict=True)],
+                              quadrature="e3nn")
+        elif sphere_grid == "gauss_legendre":
+            grid = SphereGrid(lmax, grid_degree, index)
+        else:
+            raise ValueError(f"model.sphere_grid={sphere_grid!r} is not supported; use "
+                             "'gauss_legendre' or 'fairchem'")
+        self.activation = SeparableS2Activation(grid)
         self.conv2 = SO2Convolution(hidden, heads * value_channels, lmax, mmax, parity=parity)
         self.project = DegreeLinear(heads * value_channels, channels_out, lmax, lmax)
         self.project_bias = nn.Parameter(torch.zeros(channels_out))

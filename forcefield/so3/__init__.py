@@ -8,7 +8,7 @@ from forcefield.so3.spherical_harmonics import (
     num_coefficients,
     spherical_harmonics,
 )
-from forcefield.so3.tables import gaunt_coefficients, sphere_quadrature
+from forcefield.so3.tables import e3nn_grid_quadrature, gaunt_coefficients, sphere_quadrature
 from forcefield.so3.tensor_product import (
     METHODS,
     GauntPowers,
@@ -21,6 +21,7 @@ __all__ = [
     "GauntPowers",
     "GauntTensorProduct",
     "degree_index",
+    "e3nn_grid_quadrature",
     "gaunt_coefficients",
     "num_coefficients",
     "select_method",

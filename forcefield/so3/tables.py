@@ -53,6 +53,32 @@ def sphere_quadrature(degree: int) -> tuple[np.ndarray, np.ndarray]:
     return points, weights
 
 
+def e3nn_grid_quadrature(res_beta: int, res_alpha: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points [res_beta * res_alpha, 3] and weights of e3nn's ``ToS2Grid`` / ``FromS2Grid``
+    grid (the sphere grid of fairchem's EquiformerV2), beta-major.
+
+    beta_i = pi (i + 1/2) / res_beta from the y axis, alpha_j = 2 pi j / res_alpha; the
+    weights are Kostelec and Rockmore's for bandwidth res_beta / 2 (exact for degrees below
+    it when res_alpha is large enough), scaled to sum to 4 pi.  ``res_beta`` must be even.
+    """
+    if res_beta % 2 or res_beta < 2 or res_alpha < 1:
+        raise ValueError(f"e3nn sphere grids need an even res_beta >= 2 and res_alpha >= 1, "
+                         f"got {res_beta} x {res_alpha}")
+    b = res_beta // 2
+    k = np.arange(b)
+    j = np.arange(res_beta)[:, None]
+    # e3nn's _quadrature_weights(b) * res_beta**2 / res_alpha, times 4 pi / res_beta**2 per
+    # point in alpha (FromS2Grid's "integral" factor 4 pi spread over the alpha samples)
+    w_beta = (2.0 / b) * np.sin(np.pi * (2.0 * j[:, 0] + 1.0) / (4.0 * b)) * (
+        (1.0 / (2 * k + 1)) * np.sin((2 * j + 1) * (2 * k + 1) * np.pi / (4.0 * b))).sum(1)
+    w_beta = w_beta / (2.0 * (2 * b) ** 2) * res_beta**2 / res_alpha * 4.0 * np.pi
+    beta = (np.arange(res_beta) + 0.5) / res_beta * np.pi
+    alpha = np.arange(res_alpha) / res_alpha * 2.0 * np.pi
+    polar, azimuth = np.meshgrid(beta, alpha, indexing="ij")
+    points = _unit_vectors(polar, azimuth).reshape(-1, 3)
+    return points, np.repeat(w_beta, res_alpha)
+
+
 @cache
 def grid_tables(lmax_in: tuple[int, ...], lmax_out: int, degree: int) -> tuple[np.ndarray, ...]:
     """Tables of the grid method on a quadrature exact for total ``degree``.
