@@ -42,3 +42,22 @@ def tune_cpu_allocator() -> bool:
     ok = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and ok
     _tuned = ok
     return ok
+
+
+def cpu_description() -> str:
+    """The CPU model and widest vector unit (Linux ``/proc/cpuinfo``), and the instruction
+    set the grid kernel runs with: what every benchmark prints beside its figures, since
+    hosts differ (AVX2 only, or AVX-512) and ratios compare only within one run."""
+    import platform
+
+    from forcefield import ops
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info = handle.read()
+    except OSError:
+        return f"{platform.machine()}, kernels {ops.vector_isa()}"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+    return f"{model}, {isa}, kernels {ops.vector_isa()}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import runpy
 import statistics
 import tempfile
@@ -31,15 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_name() -> str:
-    """The CPU model (Linux) and whether it has AVX-512, else the machine type."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                  if line.startswith("model name")), platform.machine())
-    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-    return f"{model}, {isa}"
+    """The CPU model, its widest vector unit and the kernels' instruction set."""
+    from forcefield.runtime import cpu_description
+
+    return cpu_description()
 
 
 def structure(name: str):

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import time
 
 import torch
 
-from forcefield.runtime import tune_cpu_allocator
+from forcefield.runtime import cpu_description, tune_cpu_allocator
 from forcefield.so3 import GauntTensorProduct, grid_kernel
 
 OURS = ("dense", "grid", "grid_torch", "fourier", "auto")
@@ -144,7 +143,7 @@ def main() -> None:
     header = (f"{'L':>2} {'Lout':>4} | " + " ".join(f"{m:>15}" for m in OURS)
               + f" | {'e3nn gaunt':>15} {'e3nn full':>15} | {'auto x':>7} {'auto/best':>9}")
     print(f"# {rows} rows ({args.nodes} nodes x {args.channels} channels), {args.dtype}, "
-          f"{device}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{device}, torch {torch.__version__}, {cpu_description()}, "
           f"{torch.get_num_threads()} threads, malloc tuning {'on' if tuned else 'off'}")
     print("# each cell: forward / forward+backward in ms")
     print(header)

@@ -188,3 +188,44 @@ def test_kernel_threads_work_in_a_forked_child() -> None:
     finally:
         torch.set_num_threads(threads)
     assert os.waitstatus_to_exitcode(waited[1]) == 0
+
+
+@needs_kernel
+def test_vector_widths_give_the_same_bits(tmp_path) -> None:
+    """The AVX-512, AVX2 and baseline builds of the kernel, chosen with FORCEFIELD_ISA, give
+    the dense numbers; the FMA builds (AVX-512, AVX2) give the same bits, every lane doing
+    the same operations whatever the vector width."""
+    from forcefield import ops
+
+    code = (
+        "import sys, torch\n"
+        "from forcefield import ops\n"
+        "from forcefield.so3 import GauntTensorProduct\n"
+        "g = torch.Generator().manual_seed(3)\n"
+        "out = {}\n"
+        "for dtype in (torch.float32, torch.float64):\n"
+        "    x1 = torch.randn(70, 3, 49, generator=g, dtype=dtype)\n"
+        "    x2 = torch.randn(70, 3, 25, generator=g, dtype=dtype)\n"
+        "    out[str(dtype)] = GauntTensorProduct(6, 4, 6, 'grid')(x1, x2)\n"
+        "out['isa'] = ops.vector_isa()\n"
+        "torch.save(out, sys.argv[1])\n"
+    )
+    results = {}
+    for cap in ("", "avx2", "base"):
+        path = tmp_path / f"{cap or 'native'}.pt"
+        env = dict(os.environ, FORCEFIELD_ISA=cap)
+        subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True,
+                       timeout=120)
+        results[cap or "native"] = torch.load(path)
+    assert results["native"]["isa"] == ops.vector_isa()
+    assert results["base"]["isa"] == "base"
+    g = torch.Generator().manual_seed(3)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        x1 = torch.randn(70, 3, 49, generator=g, dtype=dtype)
+        x2 = torch.randn(70, 3, 25, generator=g, dtype=dtype)
+        exact = dense(6, 4, 6, x1.double(), x2.double())
+        for name, result in results.items():
+            out = result[str(dtype)].double()
+            assert ((out - exact).norm() / exact.norm()).item() < tol, (name, dtype)
+        if results["native"]["isa"] == "avx512":
+            assert torch.equal(results["native"][str(dtype)], results["avx2"][str(dtype)])

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["OPS_VERSION", "available", "is_tracing", "library_path", "tracing"]
+__all__ = ["OPS_VERSION", "available", "is_tracing", "library_path", "tracing", "vector_isa"]
 
 #: the operator set's version, as ``torch.ops.forcefield.version()`` returns it
 OPS_VERSION = 1
@@ -76,6 +76,13 @@ def available() -> bool:
     if os.environ.get("FORCEFIELD_NO_CPU_KERNEL"):
         return False
     return _load()
+
+
+def vector_isa() -> str:
+    """The vector instruction set of the grid Gaunt product kernel ("avx512", "avx2",
+    "base"; chosen at run time from the CPU, capped by FORCEFIELD_ISA=avx2|base), or "none"
+    without the operator library.  The convolution and powers kernels use AVX2 at most."""
+    return str(torch.ops.forcefield.vector_isa()) if available() else "none"
 
 
 _tracing = False

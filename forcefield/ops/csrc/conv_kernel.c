@@ -107,6 +107,8 @@ static int use_avx2(void)
 {
 #ifdef HAVE_AVX2_BUILD
     __builtin_cpu_init();
+    const char *cap = getenv("FORCEFIELD_ISA"); /* base: the baseline build (tests, benchmarks) */
+    if (cap && strcmp(cap, "base") == 0) return 0;
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     return 0;

@@ -30,13 +30,16 @@
  *   (0 broadcasts); out is contiguous [n_outer * n_inner][(Lo + 1)^2].
  *
  * The functions are plain C called by the operators in ops.cpp, whose threads
- * (at::parallel_for) run disjoint row ranges in parallel.  With GCC on x86 each is compiled twice, for
- * AVX2+FMA and for the baseline instruction set, and picks the one the CPU supports at run
- * time, so one build runs everywhere.
+ * (at::parallel_for) run disjoint row ranges in parallel.  With GCC on x86 each is compiled
+ * three times -- AVX-512 (64-byte vectors), AVX2+FMA (32-byte vectors) and the baseline
+ * instruction set -- and picks the widest the CPU supports at run time, so one build runs
+ * everywhere.  Every lane does the same operations in the same order whatever the vector
+ * width, so the three give the same bits.
  */
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -44,6 +47,10 @@
 typedef float vec_f32 __attribute__((vector_size(32)));
 typedef double vec_f64 __attribute__((vector_size(32)));
 
+#define VEC_F32 vec_f32
+#define VEC_F64 vec_f64
+#define VL_F32 8
+#define VL_F64 4
 #define ISA base
 #include "grid_kernel_impl.h"
 #undef ISA
@@ -56,20 +63,65 @@ typedef double vec_f64 __attribute__((vector_size(32)));
 #include "grid_kernel_impl.h"
 #undef ISA
 #pragma GCC pop_options
+
+/* 64-byte vectors: one AVX-512 register */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vec512_f32 __attribute__((vector_size(64)));
+typedef double vec512_f64 __attribute__((vector_size(64)));
+#undef VEC_F32
+#undef VEC_F64
+#undef VL_F32
+#undef VL_F64
+#define VEC_F32 vec512_f32
+#define VEC_F64 vec512_f64
+#define VL_F32 16
+#define VL_F64 8
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#define ISA avx512
+#include "grid_kernel_impl.h"
+#undef ISA
+#pragma GCC pop_options
+#pragma GCC diagnostic pop
 #endif
 
-static int use_avx2(void)
+/* 2: AVX-512, 1: AVX2 + FMA, 0: baseline; FORCEFIELD_ISA=avx2|base caps it (benchmarks and
+ * tests of the narrower builds on a wider CPU) */
+static int vector_level(void)
 {
 #ifdef HAVE_AVX2_BUILD
-    __builtin_cpu_init(); /* cheap and idempotent: reads the CPU features once */
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    static int level = -1; /* atomic: threads may ask at the same time */
+    int known = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (known < 0) {
+        __builtin_cpu_init(); /* reads the CPU features once */
+        int found = 0;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found = 1;
+        if (found && __builtin_cpu_supports("avx512f")) found = 2;
+        const char *cap = getenv("FORCEFIELD_ISA");
+        if (cap && strcmp(cap, "avx2") == 0 && found > 1) found = 1;
+        if (cap && strcmp(cap, "base") == 0) found = 0;
+        __atomic_store_n(&level, found, __ATOMIC_RELAXED);
+        known = found;
+    }
+    return known;
 #else
     return 0;
 #endif
 }
 
+/* the instruction set the grid kernel runs with: "avx512", "avx2" or "base" */
+const char *gaunt_grid_isa(void)
+{
+    static const char *names[] = {"base", "avx2", "avx512"};
+    return names[vector_level()];
+}
+
 #ifdef HAVE_AVX2_BUILD
-#define DISPATCH(T, ...) (use_avx2() ? gaunt_grid_##T##_avx2(__VA_ARGS__) : gaunt_grid_##T##_base(__VA_ARGS__))
+#define DISPATCH(T, ...)                                                                   \
+    (vector_level() == 2   ? gaunt_grid_##T##_avx512(__VA_ARGS__)                           \
+     : vector_level() == 1 ? gaunt_grid_##T##_avx2(__VA_ARGS__)                             \
+                           : gaunt_grid_##T##_base(__VA_ARGS__))
 #else
 #define DISPATCH(T, ...) gaunt_grid_##T##_base(__VA_ARGS__)
 #endif

@@ -1,9 +1,9 @@
 /* Body of the fused separable grid Gaunt product for one floating-point type.
  *
- * Included by _grid_kernel_impl.h once per type, with REAL, VEC (a GCC vector of VL
+ * Included by grid_kernel_impl.h once per type, with REAL, VEC (a GCC vector of VL
  * REALs), VL and FN(name) defined.  A block of rows is NV vectors of VL rows
  * (one SIMD lane per row): every table entry loaded is used for NV independent
- * multiply-adds.  See _grid_kernel.c for the algorithm and the table layouts.
+ * multiply-adds.  See grid_kernel.c for the algorithm and the table layouts.
  */
 
 #define NV 4

@@ -29,6 +29,7 @@
 #include <vector>
 
 extern "C" {
+const char *gaunt_grid_isa(void);
 #define FORCEFIELD_DECLARE(T, R)                                                              \
     int gaunt_conv_receivers_##T(const int64_t *, const R *, const R *, const int64_t *,      \
                                  const R *, const int64_t *, const R *, int64_t, const R *,   \
@@ -638,6 +639,8 @@ TORCH_LIBRARY(forcefield, m) {
           "Tensor output_sin) -> Tensor");
     // the operator set's version: packages record it, loaders compare it
     m.def("version() -> int", []() -> int64_t { return kOpsVersion; });
+    // the vector instruction set the grid kernel dispatched to (benchmarks report it)
+    m.def("vector_isa() -> str", []() -> std::string { return gaunt_grid_isa(); });
 }
 
 TORCH_LIBRARY_IMPL(forcefield, CPU, m) {
