@@ -1,4 +1,5 @@
-"""MD-step time of one model eager, compiled (``compile=True``) and exported (``.pt2``).
+"""MD-step time of one model eager, compiled (``compile=True``) and exported (``.pt2``), and
+training-step time eager vs compiled (``training.compile=true``).
 
 For each case (system:preset) and dtype, the same untrained-but-perturbed model is run
 through ``ForceFieldCalculator`` three ways on the same structure, interleaved, and the
@@ -10,7 +11,13 @@ compile / export time and the first-call latency.
         --cases molecule:gaunt_mace_small bulk:gaunt_mace_small
 
 Systems: ``molecule`` (the 27-atom 3BPA molecule) and ``bulk`` (the 972-atom periodic box
-of scripts/bench_md.py). Run it on an idle machine: ratios are measured side by side.
+of scripts/bench_md.py). ``--training`` times instead one optimiser step (energies, forces
+with their double backward, loss gradient, Adam) on batches of ``--batch`` 3BPA structures:
+
+    python scripts/bench_compile.py --training --cases gaunt_mace_small \
+        gaunt_equiformer_v2_small --batch 5 --steps 12
+
+Run it on an idle machine: ratios are measured side by side.
 """
 
 from __future__ import annotations
@@ -96,6 +103,45 @@ def run_case(case: str, dtype: torch.dtype, steps: int, folder: Path) -> dict:
             "export_s": export_s}
 
 
+def training_case(preset: str, dtype: torch.dtype, steps: int, batch_size: int) -> dict:
+    """Median seconds of one training step, eager and compiled, on the same batches."""
+    import ase.io
+    from torch_geometric.data import Batch
+
+    from forcefield.data import AtomicData
+    from forcefield.training.compiled import CompiledTraining
+
+    frames = ase.io.read(ROOT / "data" / "3bpa" / "train_300K.xyz", f":{4 * batch_size}")
+    net = model(preset, dtype).train()
+    r_max = float(net.config["r_max"])
+    graphs = [AtomicData.from_ase(a, r_max=r_max) for a in frames]
+    batches = [Batch.from_data_list(graphs[k:k + batch_size])
+               for k in range(0, len(graphs), batch_size)]
+    nets = {"eager": net, "compiled": copy.deepcopy(net)}
+    compiled = CompiledTraining(nets["compiled"])
+    forward = {"eager": lambda b: nets["eager"](b, compute_forces=True, training=True),
+               "compiled": lambda b: compiled(b, compute_forces=True, compute_stress=False)}
+    optimisers = {name: torch.optim.Adam(n.parameters(), lr=1e-4) for name, n in nets.items()}
+
+    def step(name: str, batch) -> float:
+        start = time.perf_counter()
+        out = forward[name](batch)
+        loss = ((out["energy"] - batch.energy.to(dtype)) ** 2).mean() + \
+            ((out["forces"] - batch.forces.to(out["forces"].dtype)) ** 2).mean()
+        optimisers[name].zero_grad()
+        loss.backward()
+        optimisers[name].step()
+        return time.perf_counter() - start
+
+    first = {name: step(name, batches[0]) for name in nets}
+    samples: dict[str, list[float]] = {name: [] for name in nets}
+    for k in range(steps):
+        for name in nets:
+            samples[name].append(step(name, batches[k % len(batches)]))
+    return {"case": preset, "median_s": {n: statistics.median(v) for n, v in samples.items()},
+            "first_s": first, "atoms": int(batches[0].num_nodes)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["molecule:gaunt_mace_small",
@@ -104,9 +150,25 @@ def main() -> None:
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=21)
+    parser.add_argument("--training", action="store_true",
+                        help="time training steps; --cases are then presets")
+    parser.add_argument("--batch", type=int, default=5, help="structures per training batch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    if args.training:
+        print(f"# {cpu_name()}, torch {torch.__version__}, {args.threads} threads, "
+              f"{args.dtype}, training steps on batches of {args.batch} 3BPA structures")
+        print("| preset | atoms per batch | eager ms | compiled ms | speed-up | "
+              "first step eager / compiled s |")
+        print("|---|---:|---:|---:|---:|---|")
+        for case in args.cases:
+            r = training_case(case, dtype, args.steps, args.batch)
+            m, f = r["median_s"], r["first_s"]
+            print(f"| {case} | {r['atoms']} | {1e3 * m['eager']:.1f} | "
+                  f"{1e3 * m['compiled']:.1f} | {m['eager'] / m['compiled']:.2f}x | "
+                  f"{f['eager']:.2f} / {f['compiled']:.0f} |", flush=True)
+        return
     print(f"# {cpu_name()}, torch {torch.__version__}, "
           f"{args.threads} threads, {args.dtype}")
     print("| case | atoms | eager ms | compiled ms | exported ms | speed-up compiled | "

@@ -67,16 +67,14 @@ class CompiledTraining:
     """``model``'s training forward (``compute_forces``, ``compute_stress``,
     ``training=True``), traced with its force graph and compiled with ``torch.compile``.
 
-    ``self(batch, compute_forces, compute_stress)`` returns the model's output dict; the
+    Direct-force models (``model.forces=direct``) are traced the same way, without a force
+    graph.  ``self(batch, compute_forces, compute_stress)`` returns the model's output dict; the
     parameters are the live ``model.parameters()``, so optimiser steps, EMA and DDP see them
     as usual.  One graph per (forces, stress) combination, traced on first use.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        from forcefield.direct_forces import is_direct
-
         self.model = model
-        self.direct = is_direct(model)
         self._compiled: dict[tuple[bool, bool], object] = {}
 
     def _build(self, forces: bool, stress: bool):
@@ -104,9 +102,6 @@ class CompiledTraining:
                              options=inductor_options(model) or None)
 
     def __call__(self, data, compute_forces: bool, compute_stress: bool) -> dict[str, Tensor]:
-        if self.direct:  # direct heads have no force graph to trace: eager is the same
-            return self.model(data, compute_forces=compute_forces,
-                              compute_stress=compute_stress, training=True)
         key = (bool(compute_forces), bool(compute_stress))
         if key not in self._compiled:
             self._compiled[key] = self._build(*key)
