@@ -219,7 +219,11 @@ def _nve(model: ForceFieldModel, dt: float):
 
 def test_nve_batch_equals_separate_ase_runs(model_file, calc, systems):
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md import velocitydistribution
+
+    # ASE 3.29 renamed MaxwellBoltzmannDistribution (same arguments)
+    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or \
+        velocitydistribution.MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
     # TorchSim's metal units are ASE's (dt in ASE time); a float64 dt: torch.tensor(dt)
@@ -228,7 +232,7 @@ def test_nve_batch_equals_separate_ase_runs(model_file, calc, systems):
     starts = []
     for k, atoms in enumerate(systems):
         atoms = atoms.copy()
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(k))
+        thermalize(atoms, temperature_K=300, rng=np.random.default_rng(k))
         starts.append(atoms)
     initial = [a.positions.copy() for a in starts]
     init, step = _nve(ForceFieldModel(model_file), dt)
