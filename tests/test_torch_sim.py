@@ -173,6 +173,16 @@ def test_system_index_of_older_releases(model_file, systems):
     np.testing.assert_array_equal(got["forces"], want["forces"])
 
 
+def test_periodic_in_two_axes(model_file, calc, systems):
+    """A slab (periodic along a and b): the state of TorchSim >= 0.4 carries pbc per axis."""
+    slab = systems[11].copy()
+    slab.pbc = [True, True, False]
+    state = ts.io.atoms_to_state([slab], CPU, torch.float64)
+    fields = {"positions": state.positions, "cell": state.cell, "system_idx": state.system_idx,
+              "atomic_numbers": state.atomic_numbers, "pbc": torch.tensor([True, True, False])}
+    assert_matches_calculator(ForceFieldModel(model_file)(fields), [slab], calc, 1e-10)
+
+
 def test_torch_sim_validator(tmp_path):
     """TorchSim's own interface check (Si and Fe cells, one and two systems)."""
     from torch_sim.models.interface import validate_model_outputs
