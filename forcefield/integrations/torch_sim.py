@@ -234,7 +234,8 @@ class ForceFieldModel(ModelInterface):
         edge_index, cell_shifts, edge_counts = self._graph(positions, row_cell, pbc, bounds)
         positions = positions.to(self._device, self._dtype)
         row_cell = row_cell.to(self._device, self._dtype)
-        stress = self._compute_stress
+        # a state of molecules only has zero stress: no strain derivative to compute
+        stress = self._compute_stress and bool(pbc.any())
         if self.one_structure_per_call:
             out = self._per_system(positions, numbers, row_cell, edge_index, cell_shifts,
                                    bounds, np.concatenate(([0], np.cumsum(edge_counts))),
@@ -246,7 +247,7 @@ class ForceFieldModel(ModelInterface):
             with torch.enable_grad():  # forces are gradients, even under no_grad
                 out = self.model(data, compute_forces=self._compute_forces,
                                  compute_stress=stress)
-        return self._results(out, pbc, stress)
+        return self._results(out, pbc, stress, n_systems)
 
     def _per_system(self, positions: torch.Tensor, numbers: torch.Tensor,
                     row_cell: torch.Tensor, edge_index: torch.Tensor,
@@ -266,13 +267,15 @@ class ForceFieldModel(ModelInterface):
                     parts.setdefault(key, []).append(out[key])
         return {key: torch.cat(values) for key, values in parts.items()}
 
-    def _results(self, out: dict[str, torch.Tensor], pbc: np.ndarray,
-                 stress: bool) -> dict[str, torch.Tensor]:
+    def _results(self, out: dict[str, torch.Tensor], pbc: np.ndarray, stress: bool,
+                 n_systems: int) -> dict[str, torch.Tensor]:
         dtype = self._dtype
         results = {"energy": out["energy"].detach().reshape(-1).to(dtype)}
         if self._compute_forces:
             results["forces"] = out["forces"].detach().to(dtype)
-        if stress:
+        if self._compute_stress and not stress:
+            results["stress"] = torch.zeros(n_systems, 3, 3, dtype=dtype, device=self._device)
+        elif stress:
             value = out["stress"].detach().reshape(-1, 3, 3)
             periodic = torch.from_numpy(pbc.any(axis=1).copy()).to(value.device)
             results["stress"] = torch.where(periodic[:, None, None], value,
