@@ -209,7 +209,7 @@ class ForceFieldModel(ModelInterface):
             shifts.append(s)
             counts.append(len(i))
         edge_index = torch.from_numpy(np.concatenate(edges, axis=1)).to(self._device)
-        cell_shifts = torch.from_numpy(np.concatenate(shifts)).to(self._device, self._dtype)
+        cell_shifts = torch.from_numpy(np.concatenate(shifts)).to(self._device)  # int64
         return edge_index, cell_shifts, counts
 
     # ------------------------------------------------------------------ forward
