@@ -6,9 +6,10 @@ as one TorchSim batch (``forcefield.integrations.torch_sim.ForceFieldModel``, on
 per step for all systems), once one after another through ASE's ``VelocityVerlet`` with
 ``ForceFieldCalculator`` (one model call per system and step).  Both include their first
 force call.  Printed: aggregate MD steps per second (system-steps / wall time) of each,
-their ratio, the time of one ASE step, the time of the bare model call inside it (energy
-and forces on a prebuilt graph), and so the per-call overhead (neighbour list, input
-building, ASE bookkeeping) that a batched step pays once instead of ``n`` times.
+their ratio, the time of one ASE step, of one calculator call (energy and forces, new
+neighbour list) and of the bare model call inside it (a prebuilt graph), interleaved; their
+difference is the per-call overhead (neighbour list, input building, conversions) that a
+batched step pays once per state instead of once per system.
 
     python scripts/bench_torchsim.py --threads 2 --steps 20            # CPU: 64 molecules
     python scripts/bench_torchsim.py --device cuda --steps 50          # GPU: 512 molecules,
@@ -159,20 +160,30 @@ def run_ase(net, atoms_list, steps: int, dt: float, device: torch.device) -> flo
     return time.perf_counter() - start
 
 
-def bare_model_ms(net, atoms, device: torch.device, repeats: int = 10) -> float:
-    """Median ms of the model call alone (energy and forces, graph prebuilt)."""
+def call_ms(net, atoms, device: torch.device, repeats: int = 20) -> tuple[float, float]:
+    """Median ms of one calculator call (energy and forces, positions moved: a new
+    neighbour list) and of the bare model call on a prebuilt graph, interleaved."""
     from forcefield import ForceFieldCalculator
 
-    data = ForceFieldCalculator(net, device=device).build_input(atoms)
-    times = []
+    calc = ForceFieldCalculator(net, device=device)
+    data = calc.build_input(atoms)
+    atoms = atoms.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(0)
+    calls, bare = [], []
     for _ in range(repeats + 1):
+        atoms.positions += 1e-4 * rng.normal(size=atoms.positions.shape)
         sync(device)
+        start = time.perf_counter()
+        atoms.get_forces()
+        sync(device)
+        calls.append(time.perf_counter() - start)
         start = time.perf_counter()
         with torch.enable_grad():
             net(data, compute_forces=True)
         sync(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times[1:]))
+        bare.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(calls[1:])), 1e3 * float(np.median(bare[1:]))
 
 
 def main() -> None:
@@ -206,9 +217,9 @@ def main() -> None:
           f"{args.model or args.preset + ' (perturbed, untrained)'}; {args.steps} NVE steps "
           f"of {args.timestep_fs} fs; load average at start {load:.2f}")
     print("| case | atoms/system | TorchSim batch steps/s | ASE sequential steps/s | ratio | "
-          "ASE ms/step | bare model ms/call | per-call overhead ms | "
+          "ASE ms/step | calculator call ms | bare model call ms | per-call overhead ms | "
           "batched ms per system-step |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     dt = args.timestep_fs * units.fs
     for case in cases:
         atoms_list = systems(case)
@@ -219,11 +230,11 @@ def main() -> None:
         ts_rate = n * args.steps / ts_s
         ase_rate = sample * args.steps / ase_s
         ase_ms = 1e3 * ase_s / (sample * args.steps)
-        bare = bare_model_ms(net, atoms_list[0], device)
+        call, bare = call_ms(net, atoms_list[0], device)
         sampled = "" if sample == n else f" (ASE: {sample} of {n})"
         print(f"| {case}{sampled} | {len(atoms_list[0])} | {ts_rate:.1f} | {ase_rate:.1f} | "
-              f"{ts_rate / ase_rate:.2f}x | {ase_ms:.2f} | {bare:.2f} | {ase_ms - bare:.2f} | "
-              f"{1e3 * ts_s / (n * args.steps):.2f} |", flush=True)
+              f"{ts_rate / ase_rate:.2f}x | {ase_ms:.2f} | {call:.2f} | {bare:.2f} | "
+              f"{call - bare:.2f} | {1e3 * ts_s / (n * args.steps):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
