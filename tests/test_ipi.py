@@ -65,11 +65,14 @@ INPUT = """<simulation verbosity="low" floatformat="%25.16e">
 
 
 def _ipi_command() -> list[str]:
-    script = shutil.which("i-pi") or str(Path(sys.executable).parent / "i-pi")
-    if not Path(script).exists():
+    """The i-pi script installed beside this Python, run by it; else i-pi from PATH."""
+    beside = Path(sys.executable).parent / "i-pi"
+    if beside.exists():
+        return [sys.executable, str(beside)]
+    found = shutil.which("i-pi")
+    if found is None:
         pytest.skip("the i-pi script of the ipi package is not on PATH")
-    # the script's own interpreter line may name another Python: run it with this one
-    return [sys.executable, script]
+    return [found]
 
 
 @pytest.fixture(scope="module")
