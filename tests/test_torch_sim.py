@@ -183,6 +183,19 @@ def test_periodic_in_two_axes(model_file, calc, systems):
     assert_matches_calculator(ForceFieldModel(model_file)(fields), [slab], calc, 1e-10)
 
 
+def test_energy_only(model_file, systems):
+    """compute_forces and compute_stress off (and switched back on, as TorchSim's cell
+    filters do): the same energies."""
+    state = ts.io.atoms_to_state(systems[6:9], CPU, torch.float64)
+    model = ForceFieldModel(model_file, compute_stress=False, compute_forces=False)
+    energy_only = model(state)
+    assert set(energy_only) == {"energy"}
+    model.compute_forces = model.compute_stress = True
+    full = model(state)
+    assert set(full) == {"energy", "forces", "stress"}
+    np.testing.assert_allclose(energy_only["energy"], full["energy"], rtol=0, atol=1e-10)
+
+
 def test_torch_sim_validator(tmp_path):
     """TorchSim's own interface check (Si and Fe cells, one and two systems)."""
     from torch_sim.models.interface import validate_model_outputs
