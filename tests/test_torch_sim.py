@@ -162,7 +162,7 @@ def test_equiformer_v2(systems, calc, tmp_path):
 
 
 def test_system_index_of_older_releases(model_file, systems):
-    """TorchSim before 0.3 called the system index ``batch``; a mapping state works too."""
+    """TorchSim 0.2 called the system index ``batch``; a mapping state works too."""
     state = ts.io.atoms_to_state(systems[6:9], CPU, torch.float64)
     fields = {"positions": state.positions, "cell": state.cell, "pbc": state.pbc,
               "atomic_numbers": state.atomic_numbers}
@@ -174,7 +174,7 @@ def test_system_index_of_older_releases(model_file, systems):
 
 
 def test_periodic_in_two_axes(model_file, calc, systems):
-    """A slab (periodic along a and b): the state of TorchSim >= 0.4 carries pbc per axis."""
+    """A slab (periodic along a and b): the state of TorchSim >= 0.5 carries pbc per axis."""
     slab = systems[11].copy()
     slab.pbc = [True, True, False]
     state = ts.io.atoms_to_state([slab], CPU, torch.float64)

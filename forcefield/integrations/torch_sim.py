@@ -26,8 +26,8 @@ The neighbour list is forcefield's own (``forcefield.data.neighbour_list``, vesi
 per system on the CPU every call, so it is exactly the calculator's.  TorchSim's ``pbc`` is
 one value (or three axes) for the whole state: to batch molecules with crystals, put each
 molecule in a periodic box with more than ``r_max`` of vacuum around it.  The state's
-system index is ``system_idx`` (TorchSim >= 0.3) or ``batch`` (earlier releases); both are
-read.
+system index is ``system_idx`` (TorchSim >= 0.3) or ``batch`` (0.2); both are read, and
+``pbc`` may be one bool (up to 0.4) or three axes (0.5 on).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class TorchSimInputError(ForceFieldError):
 
 
 def _system_index(state: Any) -> torch.Tensor:
-    """The per-atom system index: ``system_idx`` (TorchSim >= 0.3) or ``batch`` (older)."""
+    """The per-atom system index: ``system_idx`` (TorchSim >= 0.3) or ``batch`` (0.2)."""
     if isinstance(state, Mapping):
         index = state.get("system_idx", state.get("batch"))
     else:
@@ -86,7 +86,7 @@ def _field(state: Any, name: str) -> Any:
 
 
 def _pbc_per_system(pbc: Any, n_systems: int) -> np.ndarray:
-    """``pbc`` (a bool in TorchSim 0.3, a [3] tensor later, or [n_systems, 3]) as a
+    """``pbc`` (a bool up to TorchSim 0.4, a [3] tensor from 0.5, or [n_systems, 3]) as a
     [n_systems, 3] bool array."""
     if isinstance(pbc, torch.Tensor):
         pbc = pbc.detach().cpu().numpy()
