@@ -197,10 +197,12 @@ def test_energy_only(model_file, systems):
 
 
 def test_torch_sim_validator(tmp_path):
-    """TorchSim's own interface check (Si and Fe cells, one and two systems)."""
+    """TorchSim's own interface check (Si and Fe cells in 0.3, Si, Mg and Fe in 0.6; one
+    and several systems)."""
     from torch_sim.models.interface import validate_model_outputs
 
-    path = save_model(tmp_path / "sife.pt", trained_tiny_model((1, 6, 7, 8, 14, 26), steps=5))
+    species = (1, 6, 7, 8, 12, 14, 26)
+    path = save_model(tmp_path / "metals.pt", trained_tiny_model(species, steps=5))
     validate_model_outputs(ForceFieldModel(path), CPU, torch.float64)
 
 
