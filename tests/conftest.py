@@ -28,3 +28,21 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data is not beside this checkout")
     return path
+
+
+@pytest.fixture(scope="session")
+def slab_model():
+    """The trained tiny GauntMACE with helpers.SLAB_SPECIES (float64, eval), shared by the modules
+    that compare a package or another engine with it (one training per session)."""
+    from helpers import SLAB_SPECIES, trained_tiny_model
+
+    return trained_tiny_model(SLAB_SPECIES)
+
+
+@pytest.fixture(scope="session")
+def slab_package(slab_model, tmp_path_factory) -> Path:
+    """``slab_model`` as a float64 ``.pt2`` package (an AOTInductor build: about a minute,
+    so once per session for every module that needs one)."""
+    from forcefield.pt2 import export_pt2
+
+    return export_pt2(slab_model, tmp_path_factory.mktemp("slab_pt2") / "tiny_float64.pt2")

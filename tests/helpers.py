@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 #: A tiny float64 GauntMACE for C/H/N/O (3BPA elements) with realistic statistics.
@@ -48,10 +50,22 @@ def followed_by_nan(x: torch.Tensor | None) -> torch.Tensor | None:
     return buffer[: x.numel()].view(x.shape)
 
 
+#: elements of the shared tiny model: 3BPA's and those of the OC20 slab in ../shared/data
+SLAB_SPECIES = (1, 6, 7, 8, 13, 29, 34)
+
+
 def trained_tiny_model(species: tuple[int, ...] = (1, 6, 7, 8), steps: int = 30,
                        seed: int = 0) -> torch.nn.Module:
     """The TINY model (with ``species``) after ``steps`` Adam steps on energies and forces
-    of ten 3BPA structures: weights that have learned something, in float64, eval mode."""
+    of ten 3BPA structures: weights that have learned something, in float64, eval mode.
+    Trained once per session and arguments; each call returns its own copy."""
+    import copy
+
+    return copy.deepcopy(_trained_tiny_model(tuple(species), steps, seed))
+
+
+@functools.cache
+def _trained_tiny_model(species: tuple[int, ...], steps: int, seed: int) -> torch.nn.Module:
     from pathlib import Path
 
     import ase.io

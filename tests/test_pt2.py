@@ -23,7 +23,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from helpers import packed_box, trained_tiny_model
+from helpers import SLAB_SPECIES, packed_box
 
 from forcefield import ForceFieldCalculator, ops
 from forcefield.model_files import ModelFileError
@@ -32,16 +32,13 @@ from forcefield.pt2 import export_pt2, read_pt2_metadata
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not ops.available(), reason="operator library not built")]
 
-SLAB_SPECIES = (1, 6, 7, 8, 13, 29, 34)
+@pytest.fixture(scope="session")
+def trained(slab_model) -> torch.nn.Module:
+    return slab_model
 
 
 @pytest.fixture(scope="session")
-def trained() -> torch.nn.Module:
-    return trained_tiny_model(SLAB_SPECIES)
-
-
-@pytest.fixture(scope="session")
-def packages(trained, tmp_path_factory) -> dict[str, Path]:
+def packages(trained, slab_package, tmp_path_factory) -> dict[str, Path]:
     """float64 from the Python API; float32 as a user makes it, from a model.pt with
     ``forcefield export ... format=pt2 dtype=float32`` (each build takes about a minute)."""
     from forcefield.export import save_model
@@ -54,8 +51,7 @@ def packages(trained, tmp_path_factory) -> dict[str, Path]:
                              "dtype=float32"], capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
     assert export.returncode == 0, export.stderr[-2000:]
-    return {"float64": export_pt2(trained, folder / "tiny_float64.pt2"), "float32": float32,
-            "model_file": model_file}
+    return {"float64": slab_package, "float32": float32, "model_file": model_file}
 
 
 @pytest.fixture(scope="session")

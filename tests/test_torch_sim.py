@@ -12,7 +12,6 @@ direct-force models are one sentence each.
 from __future__ import annotations
 
 import runpy
-import warnings
 from pathlib import Path
 
 import ase.io
@@ -362,15 +361,11 @@ def test_cell_relaxation_follows_the_stress_sign(model_file):
 # ----------------------------------------------------------------------------- .pt2
 @pytest.mark.slow
 @pytest.mark.skipif(not ops.available(), reason="operator library not built")
-def test_pt2_package_called_once_per_system(calc, systems, tmp_path_factory):
-    """A .pt2 package (AOTInductor, about a minute to build) takes one structure per call;
-    the batch gives the calculator's energies, forces and stress."""
-    from forcefield.pt2 import export_pt2
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        package = export_pt2(calc.model, tmp_path_factory.mktemp("pt2") / "tiny.pt2")
-    model = ForceFieldModel(package, dtype=None)
+def test_pt2_package_called_once_per_system(slab_model, slab_package, systems):
+    """A .pt2 package (the session's shared build) takes one structure per call; the batch
+    gives the calculator's energies, forces and stress."""
+    calc = ForceFieldCalculator(slab_model)
+    model = ForceFieldModel(slab_package, dtype=None)
     assert model.one_structure_per_call and model.dtype == torch.float64
     batch = [systems[1], systems[7], systems[10], systems[15]]
     out = model(ts.io.atoms_to_state(batch, CPU, torch.float64))
