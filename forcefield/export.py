@@ -386,11 +386,12 @@ def model_info(path: str | os.PathLike) -> dict:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
-                      dtype: str | None = None, ema: bool = True, format: str = "pt") -> Path:
+                      dtype: str | None = None, ema: bool = True, format: str = "pt",
+                      target: str = "ase") -> Path:
     """``forcefield export``'s work: write ``output`` from a training checkpoint (its EMA
     weights unless ``ema=False``) or a model file; ``dtype`` None keeps the source's.
     ``format`` is ``pt`` (the model file) or ``pt2`` (an AOTInductor package,
-    ``forcefield.pt2``)."""
+    ``forcefield.pt2``, of ``target`` ``ase`` or ``local``)."""
     from forcefield.errors import ConfigError
     from forcefield.model_files import module_from_checkpoint, read_checkpoint
     from forcefield.training.config import check_dtype
@@ -400,6 +401,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     if format not in ("pt", "pt2"):
         raise ConfigError(f"format={format!r} is not an export format; use format=pt (model "
                           "file) or format=pt2 (AOTInductor package)")
+    if target not in ("ase", "local"):
+        raise ConfigError(f"target={target!r} is not a package target; use target=ase "
+                          "(calculator, md, relax) or target=local (LAMMPS)")
+    if target != "ase" and format != "pt2":
+        raise ConfigError(f"target={target} applies to packages; add format=pt2")
     dest = Path(output)
     suffix = ".pt2" if format == "pt2" else ".pt"
     if dest.suffix != suffix:
@@ -424,7 +430,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
         if is_direct(net):
             raise ConfigError(f"checkpoint={src} predicts forces directly (model.forces=direct), "
                               f"and a package computes forces as -dE/dx: {FINETUNE_HINT}")
-        return export_pt2(net, dest)
+        return export_pt2(net, dest, target=target)
     save_model(dest, net, metadata=metadata)
     return dest
 
