@@ -77,7 +77,10 @@ class LocalPotentialFunction(nn.Module):
     ``g_ij = dE/dr_ij`` per edge.  Forces are ``-dE/dpos`` for every atom, ghosts included
     (a host adds ghost forces to their owners); the virial of edge ij, ``-r_ij (x) g_ij``,
     goes half to atom i and half to atom j, so the atom virials sum to the strain virial
-    (the models depend on positions only through edge vectors).
+    (the models depend on positions only through edge vectors).  The strain is symmetric,
+    so strictly the strain virial is the symmetric part of that sum; for a rotation-invariant
+    model the sum is symmetric (GauntMACE: to 1e-15; GauntEquiformerV2's S2 grid leaves an
+    antisymmetric part of its rotation error, ~1e-7 relative).
     """
 
     def __init__(self, model: nn.Module) -> None:

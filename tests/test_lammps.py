@@ -243,6 +243,46 @@ def test_local_target_equals_ase_target(trained, packages, structures, name) -> 
     np.testing.assert_allclose(forces.numpy(), eager[2].numpy(), atol=1e-10, rtol=0)
 
 
+def test_local_function_of_equiformer_v2(structures) -> None:
+    """The local function is the models' general one: GauntEquiformerV2 (eager) gives the
+    ase function's energy and forces, and atom virials whose sum's symmetric part is its
+    strain virial."""
+    from forcefield.models import build_model
+    from forcefield.traced import PotentialFunction
+
+    torch.manual_seed(0)
+    config = dict(architecture="gaunt_equiformer_v2", name="gaunt_equiformer_v2_small",
+                  species=[1, 6, 7, 8], r_max=4.0, num_layers=2, channels=8, lmax=2, mmax=1,
+                  heads=2, attn_hidden=8, alpha_channels=4, value_channels=4, ffn_hidden=8,
+                  edge_channels=8, num_radial=8, avg_num_neighbors=10.0,
+                  e0s={1: -13.6, 6: -1029.4, 7: -1484.9, 8: -2041.8}, energy_shift=-1.0,
+                  energy_scale=1.0, forces="gradient")
+    model = build_model(config).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    atoms = structures["small"]
+    inputs = _local_inputs(atoms, 4.0)
+    energy, node_energy, forces, atom_virial = LocalPotentialFunction(model)(*inputs)
+    want = PotentialFunction(model)(inputs[0], inputs[1], torch.tensor(atoms.cell.array),
+                                    inputs[2], torch.tensor(_local_inputs_shifts(atoms)))
+    assert abs(float(energy - want[0])) < 1e-10 * abs(float(want[0]))
+    torch.testing.assert_close(node_energy, want[1], atol=1e-10, rtol=0)
+    torch.testing.assert_close(forces, want[2], atol=1e-10, rtol=0)
+    # the strain is symmetric, so the strain virial is the symmetric part of the edge sum;
+    # the antisymmetric rest is the model's rotation error (its S2 grid: ~1e-7 here)
+    total = atom_virial.sum(0)
+    torch.testing.assert_close(0.5 * (total + total.T), want[3], atol=1e-10, rtol=0)
+    assert float((total - total.T).abs().max()) < 1e-5
+
+
+def _local_inputs_shifts(atoms) -> np.ndarray:
+    """The integer cell shifts of the neighbour list of ``_local_inputs``."""
+    from forcefield.data import neighbour_list
+
+    return neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0)[2]
+
+
 def test_local_package_metadata_and_refusal(trained, packages) -> None:
     meta = read_pt2_metadata(packages["float64"])
     assert meta["target"] == "local" and meta["num_interactions"] == 2
