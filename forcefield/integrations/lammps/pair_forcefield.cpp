@@ -21,6 +21,7 @@
 #include "utils.h"
 
 #include <dlfcn.h>
+#include <malloc.h>
 
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/torch.h>
@@ -99,6 +100,19 @@ std::string load_operator_library() {
   return "";
 }
 
+// Keep freed large blocks in the heap (glibc), as forcefield.runtime.tune_cpu_allocator does
+// for the Python commands: else every large temporary tensor is page-faulted in again on
+// the next step.  FORCEFIELD_NO_MALLOC_TUNING=1 opts out.
+void tune_cpu_allocator() {
+  static bool done = false;
+  if (done || std::getenv("FORCEFIELD_NO_MALLOC_TUNING")) return;
+  done = true;
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);    // glibc clamps it to its maximum (32 MiB)
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
 // the first line of an exception's message, at most 300 characters
 std::string first_line(const std::exception &error) {
   std::string text = error.what();
@@ -116,6 +130,7 @@ PairForceField::PairForceField(LAMMPS *lmp) : Pair(lmp)
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;    // the virial is the sum of the atom virials
   centroidstressflag = CENTROID_NOTAVAIL;
+  tune_cpu_allocator();
 }
 
 PairForceField::~PairForceField()
