@@ -387,13 +387,14 @@ def model_info(path: str | os.PathLike) -> dict:
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
                       dtype: str | None = None, ema: bool = True, format: str = "pt",
-                      source: str = "forcefield") -> Path:
+                      source: str = "forcefield", target: str = "ase") -> Path:
     """``forcefield export``'s work: write ``output`` from a training checkpoint (its EMA
     weights unless ``ema=False``) or a model file; ``dtype`` None keeps the source's.
     ``format`` is ``pt`` (the model file) or ``pt2`` (an AOTInductor package,
-    ``forcefield.pt2``).  ``source="fairchem"``: ``checkpoint`` is a fairchem 1.x
-    EquiformerV2 checkpoint, ported by :func:`forcefield.models.port.from_fairchem_equiformer_v2`
-    (float32 unless ``dtype`` says otherwise)."""
+    ``forcefield.pt2``, of ``target`` ``ase`` or ``local``).  ``source="fairchem"``:
+    ``checkpoint`` is a fairchem 1.x EquiformerV2 checkpoint, ported by
+    :func:`forcefield.models.port.from_fairchem_equiformer_v2` (float32 unless ``dtype`` says
+    otherwise)."""
     from forcefield.errors import ConfigError
     from forcefield.model_files import module_from_checkpoint, read_checkpoint
     from forcefield.training.config import check_dtype
@@ -403,6 +404,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     if format not in ("pt", "pt2"):
         raise ConfigError(f"format={format!r} is not an export format; use format=pt (model "
                           "file) or format=pt2 (AOTInductor package)")
+    if target not in ("ase", "local"):
+        raise ConfigError(f"target={target!r} is not a package target; use target=ase "
+                          "(calculator, md, relax) or target=local (LAMMPS)")
+    if target != "ase" and format != "pt2":
+        raise ConfigError(f"target={target} applies to packages; add format=pt2")
     dest = Path(output)
     suffix = ".pt2" if format == "pt2" else ".pt"
     if dest.suffix != suffix:
@@ -436,7 +442,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
         if is_direct(net):
             raise ConfigError(f"checkpoint={src} predicts forces directly (model.forces=direct), "
                               f"and a package computes forces as -dE/dx: {FINETUNE_HINT}")
-        return export_pt2(net, dest)
+        return export_pt2(net, dest, target=target)
     save_model(dest, net, metadata=metadata)
     return dest
 

@@ -7,15 +7,20 @@ alone, plus the operator library ``forcefield/ops/_C*.so`` when the graph calls 
 ``forcefield::`` operators (metadata ``needs_ops``), from Python
 (``torch._inductor.aoti_load_package``) or C++ (``torch::inductor::AOTIModelPackageLoader``).
 
-Inputs and outputs are those of ``forcefield.traced``: ``(positions [N, 3], atomic_numbers
-[N] int64, cell [3, 3], edge_index [2, E] int64, cell_shifts [E, 3])`` in the package's dtype
--> ``(energy [], node_energy [N], forces [N, 3], virial [3, 3])`` float64, eV and A.
+Inputs and outputs are those of ``forcefield.traced`` for the package's ``target``:
+``ase`` (the default; the calculator, md, relax): ``(positions [N, 3], atomic_numbers [N]
+int64, cell [3, 3], edge_index [2, E] int64, cell_shifts [E, 3])`` in the package's dtype ->
+``(energy [], node_energy [N], forces [N, 3], virial [3, 3])`` float64, eV and A; ``local``
+(LAMMPS, batched hosts): ``(positions [N, 3], atomic_numbers [N], edge_index [2, E],
+edge_shifts [E, 3] (Cartesian, A), energy_mask [N])`` -> ``(energy [], node_energy [N],
+forces [N, 3], atom_virial [N, 3, 3])``.
 
 The metadata (string values; JSON where structured) is stored in the package and read here
 without loading it: ``forcefield_package``, ``forcefield_version``, ``ops_version``,
 ``needs_ops``, ``model_class``, ``architecture``, ``species``, ``r_max``, ``e0s``,
 ``num_interactions`` (message-passing layers: LAMMPS needs ghosts out to that many
-cutoffs), ``dtype``, ``units``, ``weights_sha256``, ``torch_version``, ``created``.
+cutoffs), ``dtype``, ``target`` (``ase`` or ``local``; absent in the first packages, which
+are ``ase``), ``units``, ``weights_sha256``, ``torch_version``, ``created``.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ def _weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _metadata(model: nn.Module, dtype: torch.dtype, needs_ops: bool) -> dict[str, str]:
+def _metadata(model: nn.Module, dtype: torch.dtype, needs_ops: bool,
+              target: str) -> dict[str, str]:
     from forcefield import __version__
     from forcefield.export import dtype_name
     from forcefield.models import architecture_of
@@ -77,6 +83,7 @@ def _metadata(model: nn.Module, dtype: torch.dtype, needs_ops: bool) -> dict[str
         "e0s": json.dumps(e0s),
         "num_interactions": str(int(layers)),
         "dtype": dtype_name(dtype),
+        "target": target,
         "units": "energy eV, length A, forces eV/A, virial eV",
         "weights_sha256": _weights_hash(model),
         "torch_version": str(torch.__version__),
@@ -85,32 +92,40 @@ def _metadata(model: nn.Module, dtype: torch.dtype, needs_ops: bool) -> dict[str
 
 
 def export_pt2(model: nn.Module, output: str | os.PathLike,
-               dtype: torch.dtype | None = None) -> Path:
+               dtype: torch.dtype | None = None, target: str = "ase") -> Path:
     """Write ``model`` (a conservative forcefield model) as an AOTInductor package.
 
+    ``target`` is the signature (module docstring): ``ase`` for the calculator, md and
+    relax; ``local`` for LAMMPS and hosts that evaluate pieces of systems with ghost atoms.
     The graph is traced in ``dtype`` (None: the model's); it calls the ``forcefield::``
     operators where the library is available, else the torch route (and says so in one
     line).  Written beside ``output`` and renamed onto it, so a failed export leaves
     nothing behind.
     """
-    from forcefield.traced import example_inputs, inductor_options, trace_potential
+    from forcefield.traced import TARGETS, example_inputs, inductor_options, trace_potential
 
     output = Path(output)
     if output.suffix != ".pt2":
         raise ValueError(f"output={output}: a package file ends in .pt2")
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not a package target; use one of "
+                         f"{', '.join(TARGETS)}")
     dtype = dtype or next(model.parameters()).dtype
     model = copy.deepcopy(model).to(dtype).eval()  # the caller's model keeps its dtype
     needs_ops = ops.available()
     if not needs_ops:
         print("forcefield export: the operator library is not built; the package uses the "
               "torch route (slower, needs no forcefield library to run)")
-    graph = trace_potential(model, dtype)
+    graph = trace_potential(model, dtype, target)
     if needs_ops:
         needs_ops = any("forcefield" in str(node.target) for node in graph.graph.nodes)
     atoms = torch.export.Dim("atoms", min=1)
     edges = torch.export.Dim("edges", min=0)
-    dynamic = ({0: atoms}, {0: atoms}, None, {1: edges}, {0: edges})
-    example = example_inputs(dtype, species=int(model.config["species"][0]))
+    if target == "local":
+        dynamic = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, {0: atoms})
+    else:
+        dynamic = ({0: atoms}, {0: atoms}, None, {1: edges}, {0: edges})
+    example = example_inputs(dtype, species=int(model.config["species"][0]), target=target)
     program = torch.export.export(graph, example, dynamic_shapes=dynamic, strict=False)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -118,7 +133,7 @@ def export_pt2(model: nn.Module, output: str | os.PathLike,
         built = work / output.name
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(built),
-            inductor_configs={"aot_inductor.metadata": _metadata(model, dtype, needs_ops),
+            inductor_configs={"aot_inductor.metadata": _metadata(model, dtype, needs_ops, target),
                               **inductor_options(model)})
         os.replace(built, output)
     finally:
@@ -161,6 +176,7 @@ def read_pt2_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta["e0s"] = {int(k): v for k, v in json.loads(raw["e0s"]).items()}
     meta["needs_ops"] = json.loads(raw["needs_ops"])
     meta["num_interactions"] = int(raw["num_interactions"])
+    meta["target"] = raw.get("target", "ase")
     return meta
 
 

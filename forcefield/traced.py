@@ -8,11 +8,21 @@ graph in which the backward is plain operators (``forcefield::conv_senders`` and
 That graph is what ``torch.compile`` compiles (``compile=true``) and what AOTInductor
 packages (``forcefield export format=pt2``).
 
-The function's signature is the packaged model's: ``(positions [N, 3], atomic_numbers [N],
-cell [3, 3], edge_index [2, E], cell_shifts [E, 3])`` (one structure; ``edge_index`` row 0
-the centre atom i, row 1 the neighbour j, vectors ``r_j - r_i + shifts @ cell``) ->
-``(energy [], node_energy [N], forces [N, 3], virial [3, 3])`` in float64.  Atomic numbers
-are not checked inside the graph: callers check them against the model's species first.
+Two signatures (package ``target``s), both for one structure with ``edge_index`` row 0 the
+centre atom i and row 1 the neighbour j:
+
+- ``ase`` (:class:`PotentialFunction`, the calculator's): ``(positions [N, 3],
+  atomic_numbers [N], cell [3, 3], edge_index [2, E], cell_shifts [E, 3])``, vectors
+  ``r_j - r_i + shifts @ cell`` -> ``(energy [], node_energy [N], forces [N, 3],
+  virial [3, 3])``, the virial from a strain of positions and cell.
+- ``local`` (:class:`LocalPotentialFunction`, for hosts that hand over a piece of a larger
+  system: LAMMPS subdomains with ghost atoms, batches of structures): ``(positions [N, 3],
+  atomic_numbers [N], edge_index [2, E], edge_shifts [E, 3], energy_mask [N])``, vectors
+  ``r_j - r_i + edge_shifts`` (Cartesian, A) -> ``(energy [] = sum(mask * node_energy),
+  node_energy [N], forces [N, 3] on every atom (ghosts included), atom_virial [N, 3, 3])``.
+
+Outputs are float64.  Atomic numbers are not checked inside the graph: callers check them
+against the model's species first.
 """
 
 from __future__ import annotations
@@ -27,11 +37,16 @@ from torch import Tensor, nn
 from forcefield import ops
 from forcefield.nn.conservative import stress_from_virial
 
-__all__ = ["OUTPUTS", "PotentialFunction", "TracedPotential", "compiled_potential",
-           "example_inputs", "inductor_options", "packaged_potential", "trace_potential"]
+__all__ = ["LOCAL_OUTPUTS", "OUTPUTS", "TARGETS", "LocalPotentialFunction", "PotentialFunction",
+           "TracedPotential", "compiled_potential", "example_inputs", "inductor_options",
+           "packaged_potential", "potential_function", "trace_potential"]
 
-#: the outputs of a traced potential, in order
+#: the outputs of a traced potential (target ``ase``), in order
 OUTPUTS = ("energy", "node_energy", "forces", "virial")
+#: the outputs of target ``local``, in order
+LOCAL_OUTPUTS = ("energy", "node_energy", "forces", "atom_virial")
+#: the package targets: the signature each one is traced with
+TARGETS = ("ase", "local")
 
 
 class PotentialFunction(nn.Module):
@@ -52,17 +67,80 @@ class PotentialFunction(nn.Module):
                 out["virial"].reshape(3, 3).to(torch.float64))
 
 
+class LocalPotentialFunction(nn.Module):
+    """``model`` as the function of target ``local``: a piece of a system (a subdomain with
+    its ghost atoms, or many structures as one graph), per-atom virials included.
+
+    The model is called with the identity cell and the Cartesian ``edge_shifts`` as cell
+    shifts, so its edge vectors are ``r_ij = pos[j] - pos[i] + edge_shifts``, and the
+    gradient of the masked energy with respect to ``edge_shifts`` is exactly
+    ``g_ij = dE/dr_ij`` per edge.  Forces are ``-dE/dpos`` for every atom, ghosts included
+    (a host adds ghost forces to their owners); the virial of edge ij, ``-r_ij (x) g_ij``,
+    goes half to atom i and half to atom j, so the atom virials sum to the strain virial
+    (the models depend on positions only through edge vectors).  The strain is symmetric,
+    so strictly the strain virial is the symmetric part of that sum; for a rotation-invariant
+    model the sum is symmetric (GauntMACE: to 1e-15; GauntEquiformerV2's S2 grid leaves an
+    antisymmetric part of its rotation error, ~1e-7 relative).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, positions: Tensor, atomic_numbers: Tensor, edge_index: Tensor,
+                edge_shifts: Tensor, energy_mask: Tensor) -> tuple[Tensor, ...]:
+        with torch.enable_grad():
+            positions = positions.detach().requires_grad_(True)
+            edge_shifts = edge_shifts.detach().requires_grad_(True)
+            eye = torch.eye(3, dtype=positions.dtype, device=positions.device)
+            data = SimpleNamespace(pos=positions, atomic_numbers=atomic_numbers,
+                                   cell=eye.reshape(1, 3, 3), edge_index=edge_index,
+                                   cell_shifts=edge_shifts, batch=None)
+            # training=True only keeps the autograd graph (no forces or stress asked of the
+            # model: the gradients are taken here, with respect to these inputs)
+            out = self.model(data, compute_forces=False, compute_stress=False, training=True)
+            node_energy = out["node_energy"].to(torch.float64)
+            energy = (node_energy * energy_mask.to(torch.float64)).sum()
+            grad_pos, grad_edge = torch.autograd.grad(energy, [positions, edge_shifts],
+                                                      allow_unused=True)
+        grad_pos = torch.zeros_like(positions) if grad_pos is None else grad_pos
+        grad_edge = torch.zeros_like(edge_shifts) if grad_edge is None else grad_edge
+        receiver, sender = edge_index[0], edge_index[1]
+        vectors = (positions[sender] - positions[receiver] + edge_shifts).detach()
+        edge_virial = -0.5 * (vectors.to(torch.float64)[:, :, None]
+                              * grad_edge.to(torch.float64)[:, None, :])
+        atom_virial = torch.zeros(positions.shape[0], 3, 3, dtype=torch.float64,
+                                  device=positions.device)
+        atom_virial = atom_virial.index_add(0, receiver, edge_virial)
+        atom_virial = atom_virial.index_add(0, sender, edge_virial)
+        return (energy.detach(), node_energy.detach(), -grad_pos.to(torch.float64).detach(),
+                atom_virial)
+
+
+def potential_function(model: nn.Module, target: str = "ase") -> nn.Module:
+    """The function of plain tensors that a package of ``target`` holds."""
+    if target == "ase":
+        return PotentialFunction(model)
+    if target == "local":
+        return LocalPotentialFunction(model)
+    raise ValueError(f"target={target!r} is not a package target; use one of "
+                     f"{', '.join(TARGETS)}")
+
+
 def example_inputs(dtype: torch.dtype, num_atoms: int = 5, num_edges: int = 12,
-                   species: int = 1) -> tuple[Tensor, ...]:
-    """Small random inputs of the traced signature (sizes that no shape may be equal to,
-    so that tracing keeps atoms and edges as separate symbols)."""
+                   species: int = 1, target: str = "ase") -> tuple[Tensor, ...]:
+    """Small random inputs of the traced signature of ``target`` (sizes that no shape may
+    be equal to, so that tracing keeps atoms and edges as separate symbols)."""
     gen = torch.Generator().manual_seed(0)
     positions = 3.0 * torch.rand(num_atoms, 3, generator=gen, dtype=dtype)
     sender = torch.randint(0, num_atoms, (num_edges,), generator=gen)
     receiver = (sender + torch.randint(1, num_atoms, (num_edges,), generator=gen)) % num_atoms
-    return (positions, torch.full((num_atoms,), species, dtype=torch.int64),
-            10.0 * torch.eye(3, dtype=dtype), torch.stack([receiver, sender]),
-            torch.zeros(num_edges, 3, dtype=dtype))
+    numbers = torch.full((num_atoms,), species, dtype=torch.int64)
+    edge_index = torch.stack([receiver, sender])
+    shifts = torch.zeros(num_edges, 3, dtype=dtype)
+    if target == "local":
+        return (positions, numbers, edge_index, shifts, torch.ones(num_atoms, dtype=dtype))
+    return positions, numbers, 10.0 * torch.eye(3, dtype=dtype), edge_index, shifts
 
 
 @contextlib.contextmanager
@@ -74,9 +152,11 @@ def _free_shapes() -> Iterator[None]:
         yield
 
 
-def trace_potential(model: nn.Module, dtype: torch.dtype | None = None) -> torch.fx.GraphModule:
-    """The traced graph of ``PotentialFunction(model)`` (weights as constants), for any
-    number of atoms and edges; ``model`` must compute forces as -dE/dx."""
+def trace_potential(model: nn.Module, dtype: torch.dtype | None = None,
+                    target: str = "ase") -> torch.fx.GraphModule:
+    """The traced graph of ``model``'s function of ``target`` (``PotentialFunction`` or
+    ``LocalPotentialFunction``; weights as constants), for any number of atoms and edges;
+    ``model`` must compute forces as -dE/dx."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from forcefield.direct_forces import FINETUNE_HINT, DirectForcesError, is_direct
@@ -87,8 +167,8 @@ def trace_potential(model: nn.Module, dtype: torch.dtype | None = None) -> torch
                                 f"{FINETUNE_HINT}")
     dtype = dtype or next(model.parameters()).dtype
     species = int(model.species[0]) if hasattr(model, "species") else 1
-    function = PotentialFunction(model.eval())
-    example = example_inputs(dtype, species=species)
+    function = potential_function(model.eval(), target)
+    example = example_inputs(dtype, species=species, target=target)
     function(*example)  # fills the models' table caches with real tensors: graph constants
     with ops.tracing(), _free_shapes():
         return make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
@@ -179,8 +259,13 @@ def packaged_potential(path, device: str | torch.device = "cpu",
     """The ``.pt2`` package at ``path`` behind the models' call interface."""
     from forcefield.export import resolve_dtype
     from forcefield.model_files import ModelFileError
-    from forcefield.pt2 import load_pt2
+    from forcefield.pt2 import load_pt2, read_pt2_metadata
 
+    meta = read_pt2_metadata(path)
+    if meta["target"] != "ase":
+        raise ModelFileError(f"{path} is a target={meta['target']} package (LAMMPS and other "
+                             "hosts of system pieces); the calculator, md and relax need a "
+                             "target=ase package: export it again with target=ase")
     runner, meta = load_pt2(path)
     own = resolve_dtype(meta["dtype"])
     if dtype is not None and dtype != own:

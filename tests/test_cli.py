@@ -19,7 +19,7 @@ from forcefield.errors import ConfigError, ForceFieldError, RunError
 GIVEN = {"train": [], "evaluate": ["model=m.pt"], "export": ["checkpoint=c.ckpt", "output=m.pt"],
          "md": ["model=m.pt", "structure=s.xyz"], "relax": ["model=m.pt", "structure=s.xyz"],
          "convert": ["input=a.xyz", "output=out"],
-         "select": ["models=m*.pt", "candidates=c.xyz"]}
+         "select": ["models=m*.pt", "candidates=c.xyz"], "lammps": ["action=build"]}
 
 
 def _top_level_keys(name: str) -> list[str]:
@@ -88,6 +88,11 @@ def test_unknown_key_or_option_is_one_sentence_and_exit_2(name, bad, needle, cap
     (["convert", "input=a", "output=b", "shard_size=many"], "shard_size must be an integer"),
     (["md", "model=m.pt"], "missing structure=..."),
     (["export"], "missing checkpoint=..., output=..."),
+    (["export", "checkpoint=c.ckpt", "output=m.pt", "target=local"], "add format=pt2"),
+    (["export", "checkpoint=c.ckpt", "output=m.pt2", "format=pt2", "target=lammps"],
+     "target='lammps' is not a package target"),
+    (["lammps"], "missing action=..."),
+    (["lammps", "action=install"], "action='install' is not a forcefield lammps action"),
     (["md", "-m", "steps=1,2"], "-m (multirun) is available for forcefield train, not md"),
     (["train", "hydra/launcher=submitit_local"], "add -m"),
     (["evaluate", "-cp", "/no/such/dir"], "/no/such/dir"),

@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "md": ("forcefield.cli.md", "run molecular dynamics with a trained model through ASE"),
     "select": ("forcefield.cli.select",
                "rank structures by committee disagreement: which ones to label next"),
+    "lammps": ("forcefield.cli.lammps",
+               "build the LAMMPS plugin (pair_style forcefield); prints its path last"),
     "convert": ("forcefield.cli.convert",
                 "write sharded .aselmdb + metadata.npz (or one ASE db) from any data source"),
 }
