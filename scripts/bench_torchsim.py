@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import runpy
 import time
 from pathlib import Path
@@ -39,39 +38,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_name() -> str:
-    """The CPU model (Linux) and its widest vector ISA, else the machine type."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                  if line.startswith("model name")), platform.machine())
-    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-    return f"{model}, {isa}"
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return cpu_name()
+    from forcefield.runtime import cpu_description
+
+    return cpu_description()
 
 
 def build_model(preset: str, dtype: torch.dtype, path: str | None) -> torch.nn.Module:
+    """The model file at ``path``, else the perturbed preset of scripts/bench_compile.py."""
     from forcefield.export import load_model
-    from forcefield.models import build_model as build
 
     if path:
         return load_model(path, dtype=dtype)
-    torch.manual_seed(0)
-    config = {"name": preset, "species": [1, 6, 7, 8], "avg_num_neighbors": 15.0,
-              "e0s": {1: -13.6, 6: -1029.4, 7: -1484.9, 8: -2041.8}, "energy_shift": -4.9,
-              "energy_scale": 0.95}
-    net = build(config).to(dtype)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net.eval()
+    return runpy.run_path(str(ROOT / "scripts" / "bench_compile.py"))["model"](preset, dtype)
 
 
 def systems(case: str) -> list:

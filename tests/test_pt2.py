@@ -27,7 +27,7 @@ from helpers import SLAB_SPECIES, packed_box
 
 from forcefield import ForceFieldCalculator, ops
 from forcefield.model_files import ModelFileError
-from forcefield.pt2 import export_pt2, read_pt2_metadata
+from forcefield.pt2 import read_pt2_metadata
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not ops.available(), reason="operator library not built")]
@@ -37,21 +37,42 @@ def trained(slab_model) -> torch.nn.Module:
     return slab_model
 
 
+def tiny_equiformer() -> torch.nn.Module:
+    """A one-block GauntEquiformerV2 (Selfmix, gradient forces), perturbed, float64."""
+    from forcefield.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(dict(TINY_EQV2)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 @pytest.fixture(scope="session")
-def packages(trained, slab_package, tmp_path_factory) -> dict[str, Path]:
-    """float64 from the Python API; float32 as a user makes it, from a model.pt with
-    ``forcefield export ... format=pt2 dtype=float32`` (each build takes about a minute)."""
+def packages(trained, request, tmp_path_factory) -> dict[str, Path]:
+    """float64 from the Python API (conftest's slab_package); float32 as a user makes it,
+    from a model.pt with ``forcefield export ... format=pt2 dtype=float32``; the
+    GauntEquiformerV2 package the same way.  Each build takes a minute or two, mostly in one
+    Python thread, so the two command-line builds run beside the in-process one."""
     from forcefield.export import save_model
 
     folder = tmp_path_factory.mktemp("pt2")
     model_file = save_model(folder / "model.pt", trained)
-    float32 = folder / "tiny_float32.pt2"
-    export = subprocess.run([sys.executable, "-m", "forcefield", "export",
-                             f"checkpoint={model_file}", f"output={float32}", "format=pt2",
-                             "dtype=float32"], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
-    assert export.returncode == 0, export.stderr[-2000:]
-    return {"float64": slab_package, "float32": float32, "model_file": model_file}
+    eqv2_file = save_model(folder / "eqv2.pt", tiny_equiformer())
+    float32, eqv2 = folder / "tiny_float32.pt2", folder / "eqv2.pt2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    jobs = [subprocess.Popen([sys.executable, "-m", "forcefield", "export",
+                              f"checkpoint={source}", f"output={output}", "format=pt2", *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for source, output, extra in ((model_file, float32, ["dtype=float32"]),
+                                          (eqv2_file, eqv2, []))]
+    float64 = request.getfixturevalue("slab_package")
+    for job in jobs:
+        _, err = job.communicate(timeout=900)
+        assert job.returncode == 0, err[-2000:]
+    return {"float64": float64, "float32": float32, "model_file": model_file,
+            "eqv2": eqv2, "eqv2_file": eqv2_file}
 
 
 @pytest.fixture(scope="session")
@@ -283,18 +304,13 @@ TINY_EQV2 = dict(architecture="gaunt_equiformer_v2", name="gaunt_equiformer_v2_s
                  energy_scale=1.0, forces="gradient")
 
 
-def test_equiformer_exported_equals_eager(structures, tmp_path) -> None:
+def test_equiformer_exported_equals_eager(packages, structures) -> None:
     """GauntEquiformerV2 (Selfmix, gradient forces): packaged = eager (the Inductor code of
     compile=True is the same; GauntMACE's test covers that route)."""
-    from forcefield.models import build_model
+    from forcefield.export import load_model
 
-    torch.manual_seed(0)
-    model = build_model(dict(TINY_EQV2)).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    model = load_model(packages["eqv2_file"])
     atoms = structures["molecule"]
     want = evaluate(ForceFieldCalculator(model), atoms)
-    package = export_pt2(model, tmp_path / "eqv2.pt2")
-    assert read_pt2_metadata(package)["architecture"] == "gaunt_equiformer_v2"
-    assert_same(evaluate(ForceFieldCalculator(str(package)), atoms), want, 1e-10)
+    assert read_pt2_metadata(packages["eqv2"])["architecture"] == "gaunt_equiformer_v2"
+    assert_same(evaluate(ForceFieldCalculator(str(packages["eqv2"])), atoms), want, 1e-10)
