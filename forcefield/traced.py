@@ -38,8 +38,8 @@ from forcefield import ops
 from forcefield.nn.conservative import stress_from_virial
 
 __all__ = ["LOCAL_OUTPUTS", "OUTPUTS", "TARGETS", "LocalPotentialFunction", "PotentialFunction",
-           "TracedPotential", "compiled_potential", "example_inputs", "inductor_options",
-           "packaged_potential", "potential_function", "trace_potential"]
+           "TracedPotential", "compiled_potential", "example_inputs", "free_shapes",
+           "inductor_options", "packaged_potential", "potential_function", "trace_potential"]
 
 #: the outputs of a traced potential (target ``ase``), in order
 OUTPUTS = ("energy", "node_energy", "forces", "virial")
@@ -144,7 +144,7 @@ def example_inputs(dtype: torch.dtype, num_atoms: int = 5, num_edges: int = 12,
 
 
 @contextlib.contextmanager
-def _free_shapes() -> Iterator[None]:
+def free_shapes() -> Iterator[None]:
     """Symbols of equal size stay distinct (atoms may equal edges in some call)."""
     from torch.fx.experimental import _config
 
@@ -170,7 +170,7 @@ def trace_potential(model: nn.Module, dtype: torch.dtype | None = None,
     function = potential_function(model.eval(), target)
     example = example_inputs(dtype, species=species, target=target)
     function(*example)  # fills the models' table caches with real tensors: graph constants
-    with ops.tracing(), _free_shapes():
+    with ops.tracing(), free_shapes():
         return make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
 
 

@@ -71,17 +71,19 @@ class CompiledTraining:
     graph.  ``self(batch, compute_forces, compute_stress)`` returns the model's output dict; the
     parameters are the live ``model.parameters()``, so optimiser steps, EMA and DDP see them
     as usual.  One graph per (forces, stress) combination, traced on first use.
+    ``backend`` is ``torch.compile``'s (``inductor``; ``aot_eager`` runs the same traced and
+    differentiated graph without code generation, minutes faster to build).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, backend: str = "inductor") -> None:
         self.model = model
+        self.backend = backend
         self._compiled: dict[tuple[bool, bool], object] = {}
 
     def _build(self, forces: bool, stress: bool):
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        from forcefield.traced import _free_shapes as free_shapes
-        from forcefield.traced import inductor_options
+        from forcefield.traced import free_shapes, inductor_options
 
         model = self.model
         dtype = next(model.parameters()).dtype
@@ -89,17 +91,14 @@ class CompiledTraining:
         example = _example_batch(model, dtype)
         parameters = [p.detach() for p in model.parameters()]
         buffers = [b.detach() for b in model.buffers()]
-        was_training = model.training
         function(parameters, buffers, *example)  # real table caches: graph constants
-        try:
-            with ops.tracing(), free_shapes():
-                graph = make_fx(function, tracing_mode="symbolic",
-                                _allow_non_fake_inputs=True)(parameters, buffers, *example)
-        finally:
-            model.train(was_training)
+        with ops.tracing(), free_shapes():  # dropout is traced in the model's current mode
+            graph = make_fx(function, tracing_mode="symbolic",
+                            _allow_non_fake_inputs=True)(parameters, buffers, *example)
         # parameters keep their shapes; the data's sizes are marked dynamic per call
-        return torch.compile(graph, dynamic=False, fullgraph=True,
-                             options=inductor_options(model) or None)
+        options = (inductor_options(model) or None) if self.backend == "inductor" else None
+        return torch.compile(graph, backend=self.backend, dynamic=False, fullgraph=True,
+                             options=options)
 
     def __call__(self, data, compute_forces: bool, compute_stress: bool) -> dict[str, Tensor]:
         key = (bool(compute_forces), bool(compute_stress))
