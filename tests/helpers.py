@@ -104,3 +104,18 @@ def packed_box(grid=(3, 3, 4)):
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_md.py"
     return runpy.run_path(str(script))["packed_box"](grid=grid)
+
+
+def rewrite_pt2_metadata(source, output, **changes):
+    """A copy of the ``.pt2`` package ``source`` at ``output`` with metadata entries changed
+    (both copies: the C++ loader reads the kernel's, Python the wrapper's)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(output, "w") as new:
+        for item in old.infolist():
+            data = old.read(item.filename)
+            if item.filename.endswith("_metadata.json"):
+                data = json.dumps({**json.loads(data), **changes}).encode()
+            new.writestr(item, data)
+    return output

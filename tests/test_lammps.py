@@ -14,19 +14,17 @@ over 1, 2 and 4 ranks, and in NVE/NPT dynamics; bad input is one LAMMPS error.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
 import torch
-from helpers import packed_box, trained_tiny_model
+from helpers import packed_box, rewrite_pt2_metadata, trained_tiny_model
 
 from forcefield import ForceFieldCalculator, ops
 from forcefield.model_files import ModelFileError
@@ -414,18 +412,6 @@ def _lammps_error(plugin: Path, package: Path, folder: Path, elements=ELEMENTS,
     return str(info.value)
 
 
-def _rewrite_metadata(source: Path, output: Path, **changes) -> Path:
-    """A copy of the package with metadata changed (both copies: the C++ loader reads the
-    kernel's, Python the wrapper's)."""
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(output, "w") as new:
-        for item in old.infolist():
-            data = old.read(item.filename)
-            if item.filename.endswith("_metadata.json"):
-                data = json.dumps({**json.loads(data), **changes}).encode()
-            new.writestr(item, data)
-    return output
-
-
 def test_errors_are_one_lammps_error(packages, plugin, tmp_path) -> None:
     good = packages["float64"]
     message = _lammps_error(plugin, good, tmp_path, ("H", "C", "N", "Fe"))
@@ -437,7 +423,7 @@ def test_errors_are_one_lammps_error(packages, plugin, tmp_path) -> None:
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     text = tmp_path / "text.pt2"
     text.write_text("not a package\n")
-    ase_target = _rewrite_metadata(good, tmp_path / "ase_target.pt2", target="ase")
+    ase_target = rewrite_pt2_metadata(good, tmp_path / "ase_target.pt2", target="ase")
     for path, cause in {truncated: "could not be loaded", text: "could not be loaded",
                         tmp_path / "missing.pt2": "could not be loaded",
                         ase_target: "needs target=local"}.items():

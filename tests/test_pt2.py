@@ -23,7 +23,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from helpers import SLAB_SPECIES, packed_box
+from helpers import SLAB_SPECIES, packed_box, rewrite_pt2_metadata
 
 from forcefield import ForceFieldCalculator, ops
 from forcefield.model_files import ModelFileError
@@ -190,23 +190,13 @@ def test_unknown_element_is_one_sentence(packages) -> None:
         atoms.get_potential_energy()
 
 
-def _rewrite_metadata(source: Path, target: Path, **changes) -> Path:
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
-        for item in old.infolist():
-            data = old.read(item.filename)
-            if item.filename.endswith("wrapper_metadata.json"):
-                data = json.dumps({**json.loads(data), **changes}).encode()
-            new.writestr(item, data)
-    return target
-
-
 def test_bad_packages_are_one_sentence(packages, tmp_path) -> None:
     good = packages["float64"]
     truncated = tmp_path / "truncated.pt2"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     text = tmp_path / "text.pt2"
     text.write_text("not a package\n")
-    foreign = _rewrite_metadata(good, tmp_path / "foreign.pt2", ops_version="99")
+    foreign = rewrite_pt2_metadata(good, tmp_path / "foreign.pt2", ops_version="99")
     plain = tmp_path / "plain.pt2"
     with zipfile.ZipFile(plain, "w") as archive:
         archive.writestr("x/data/aotinductor/model/a.wrapper_metadata.json", "{}")

@@ -20,10 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from forcefield import ops
+from forcefield.traced import OUTPUTS
 
 __all__ = ["CompiledTraining"]
-
-OUTPUTS = ("energy", "node_energy", "forces", "virial")
 
 
 class _TrainingFunction(nn.Module):
