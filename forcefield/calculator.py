@@ -119,6 +119,10 @@ class ForceFieldCalculator(Calculator):
                     f"({element_names(sorted(extra))}); "
                     "every member must be trained on the same species"
                 )
+        # the edges each model needs: an eager model without a neighbour cap selects its own
+        # from any longer list; a traced one (or one with a cap) needs exactly its own
+        self._edge_rules = [self._edge_rule(m) for m in self.models]
+        self.max_neighbors = self._edge_rules[0][1]
         self._known = np.zeros(max(119, max(self.species) + 1), dtype=bool)
         self._known[self.species] = True
         self.compute_stress = compute_stress
@@ -134,6 +138,15 @@ class ForceFieldCalculator(Calculator):
             model = model.to(self.device).eval()
             return model
         return load_model(source, device=self.device, dtype=self.dtype_request)
+
+    def _edge_rule(self, model: torch.nn.Module) -> tuple[float, int | None]:
+        """(cutoff, neighbour cap) of the edge list that ``model`` is to be given."""
+        from forcefield.traced import TracedPotential, neighbour_cap
+
+        cap = neighbour_cap(model)
+        if cap is None and not isinstance(model, TracedPotential):
+            return self.r_max, None
+        return float(model.config["r_max"]), cap
 
     @property
     def model(self) -> torch.nn.Module:
@@ -168,16 +181,19 @@ class ForceFieldCalculator(Calculator):
         self._numbers_cache = (numbers.copy(), z, batch)
         return z, batch
 
-    def build_input(self, atoms: Atoms):
-        """The model input (a torch_geometric ``Data`` in batch form) for ``atoms``."""
+    def build_input(self, atoms: Atoms, rule: tuple[float, int | None] | None = None):
+        """The model input (a torch_geometric ``Data`` in batch form) for ``atoms``, with the
+        edges of ``rule`` (cutoff, neighbour cap; None: the first model's)."""
         from torch_geometric.data import Data
 
         from forcefield.data import neighbour_list
 
+        r_max, cap = rule or self._edge_rules[0]
         pos = np.asarray(atoms.positions, dtype=np.float64)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
-        i, j, shifts = neighbour_list(pos, cell, pbc, self.r_max, backend=self.neighbour_backend)
+        i, j, shifts = neighbour_list(pos, cell, pbc, r_max, backend=self.neighbour_backend,
+                                      max_neighbors=cap)
         dev = self.device
         z, batch = self._numbers(atoms.numbers)
         n = len(atoms)
@@ -236,9 +252,12 @@ class ForceFieldCalculator(Calculator):
         atoms = self.atoms
         self.check_atoms(atoms)
         stress = self._wants_stress(atoms, properties)
-        data = self.build_input(atoms)
+        inputs = {}
         outputs = []
-        for model in self.models:
+        for model, rule in zip(self.models, self._edge_rules, strict=True):
+            if rule not in inputs:
+                inputs[rule] = self.build_input(atoms, rule)
+            data = inputs[rule]
             with torch.enable_grad():  # forces are autograd gradients, even under no_grad
                 out = model(data, compute_forces=True, compute_stress=stress)
             outputs.append(

@@ -438,10 +438,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     if format == "pt2":
         from forcefield.direct_forces import FINETUNE_HINT, is_direct
         from forcefield.pt2 import export_pt2
+        from forcefield.traced import neighbour_cap
 
-        if is_direct(net):
+        if target == "local" and is_direct(net):
             raise ConfigError(f"checkpoint={src} predicts forces directly (model.forces=direct), "
-                              f"and a package computes forces as -dE/dx: {FINETUNE_HINT}")
+                              "and a target=local package (LAMMPS) computes forces as -dE/dx: "
+                              f"export target=ase (the calculator, md and relax with "
+                              f"allow_direct_forces=true), or {FINETUNE_HINT}")
+        if target == "local" and neighbour_cap(net) is not None:
+            raise ConfigError(f"checkpoint={src} has a neighbour cap (model.max_neighbors="
+                              f"{neighbour_cap(net)}), which a target=local package (LAMMPS) "
+                              "cannot keep: ghost atoms would be capped differently from the "
+                              "atoms they copy; export target=ase, or fine-tune with "
+                              "model.max_neighbors=null")
         return export_pt2(net, dest, target=target)
     save_model(dest, net, metadata=metadata)
     return dest

@@ -19,8 +19,11 @@ The metadata (string values; JSON where structured) is stored in the package and
 without loading it: ``forcefield_package``, ``forcefield_version``, ``ops_version``,
 ``needs_ops``, ``model_class``, ``architecture``, ``species``, ``r_max``, ``e0s``,
 ``num_interactions`` (message-passing layers: LAMMPS needs ghosts out to that many
-cutoffs), ``dtype``, ``target`` (``ase`` or ``local``; absent in the first packages, which
-are ``ase``), ``units``, ``weights_sha256``, ``torch_version``, ``created``.
+cutoffs), ``forces`` (``gradient``, or ``direct``: a force head's, not -dE/dx),
+``max_neighbors`` (JSON: the neighbour cap that the caller's edges must follow, or null),
+``dtype``, ``target`` (``ase`` or ``local``; absent in the first packages, which are
+``ase``), ``units``, ``weights_sha256``, ``torch_version``, ``created``.  Packages written
+before ``forces`` and ``max_neighbors`` existed read as ``gradient`` and null.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def _metadata(model: nn.Module, dtype: torch.dtype, needs_ops: bool,
         "r_max": repr(float(config["r_max"])),
         "e0s": json.dumps(e0s),
         "num_interactions": str(int(layers)),
+        "forces": str(config.get("forces", "gradient")),
+        "max_neighbors": json.dumps(config.get("max_neighbors")),
         "dtype": dtype_name(dtype),
         "target": target,
         "units": "energy eV, length A, forces eV/A, virial eV",
@@ -93,7 +98,7 @@ def _metadata(model: nn.Module, dtype: torch.dtype, needs_ops: bool,
 
 def export_pt2(model: nn.Module, output: str | os.PathLike,
                dtype: torch.dtype | None = None, target: str = "ase") -> Path:
-    """Write ``model`` (a conservative forcefield model) as an AOTInductor package.
+    """Write ``model`` as an AOTInductor package.
 
     ``target`` is the signature (module docstring): ``ase`` for the calculator, md and
     relax; ``local`` for LAMMPS and hosts that evaluate pieces of systems with ghost atoms.
@@ -177,6 +182,8 @@ def read_pt2_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta["needs_ops"] = json.loads(raw["needs_ops"])
     meta["num_interactions"] = int(raw["num_interactions"])
     meta["target"] = raw.get("target", "ase")
+    meta["forces"] = raw.get("forces", "gradient")
+    meta["max_neighbors"] = json.loads(raw.get("max_neighbors", "null"))
     return meta
 
 

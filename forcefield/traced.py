@@ -21,8 +21,10 @@ centre atom i and row 1 the neighbour j:
   ``r_j - r_i + edge_shifts`` (Cartesian, A) -> ``(energy [] = sum(mask * node_energy),
   node_energy [N], forces [N, 3] on every atom (ghosts included), atom_virial [N, 3, 3])``.
 
-Outputs are float64.  Atomic numbers are not checked inside the graph: callers check them
-against the model's species first.
+Outputs are float64.  Atomic numbers are not checked inside the graph, nor edge lengths:
+callers check the atomic numbers against the model's species first, and hand over the
+edges within ``r_max``, capped to the ``max_neighbors`` nearest of each atom where the
+model has that cap (:func:`neighbour_cap`; the calculator does both).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from forcefield.nn.conservative import stress_from_virial
 
 __all__ = ["LOCAL_OUTPUTS", "OUTPUTS", "TARGETS", "LocalPotentialFunction", "PotentialFunction",
            "TracedPotential", "compiled_potential", "example_inputs", "free_shapes",
-           "inductor_options", "packaged_potential", "potential_function", "trace_potential"]
+           "inductor_options", "neighbour_cap", "packaged_potential", "potential_function",
+           "trace_potential"]
 
 #: the outputs of a traced potential (target ``ase``), in order
 OUTPUTS = ("energy", "node_energy", "forces", "virial")
@@ -155,16 +158,26 @@ def free_shapes() -> Iterator[None]:
 def trace_potential(model: nn.Module, dtype: torch.dtype | None = None,
                     target: str = "ase") -> torch.fx.GraphModule:
     """The traced graph of ``model``'s function of ``target`` (``PotentialFunction`` or
-    ``LocalPotentialFunction``; weights as constants), for any number of atoms and edges;
-    ``model`` must compute forces as -dE/dx."""
+    ``LocalPotentialFunction``; weights as constants), for any number of atoms and edges.
+
+    A direct-force model (``model.forces=direct``) traces for target ``ase``: its forces
+    come from its force head, its virial from the strain derivative of its energy.  Target
+    ``local`` needs -dE/dx (ghost forces, atom virials) and so a conservative model, without
+    a neighbour cap (a host's ghost atoms would be capped differently from their owners).
+    """
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from forcefield.direct_forces import FINETUNE_HINT, DirectForcesError, is_direct
 
-    if is_direct(model):
-        raise DirectForcesError("only models with gradient forces (-dE/dx) can be traced; this "
+    if target == "local" and is_direct(model):
+        raise DirectForcesError("a target=local package (LAMMPS) needs forces -dE/dx; this "
                                 f"model predicts forces directly (model.forces=direct): "
                                 f"{FINETUNE_HINT}")
+    if target == "local" and neighbour_cap(model) is not None:
+        raise ValueError(f"a target=local package (LAMMPS) cannot keep the model's neighbour "
+                         f"cap (model.max_neighbors={neighbour_cap(model)}): LAMMPS' ghost "
+                         "atoms would be capped differently from the atoms they copy; export "
+                         "target=ase, or fine-tune without the cap (model.max_neighbors=null)")
     dtype = dtype or next(model.parameters()).dtype
     species = int(model.species[0]) if hasattr(model, "species") else 1
     function = potential_function(model.eval(), target)
@@ -234,6 +247,14 @@ class TracedPotential(nn.Module):
         return out
 
 
+def neighbour_cap(model: nn.Module) -> int | None:
+    """The model's neighbour cap (``config["max_neighbors"]``: keep each atom's k nearest
+    neighbours), or None.  A traced graph cannot select edges by value, so whoever builds
+    the edges of a traced or packaged model applies the cap (the calculator does)."""
+    cap = (getattr(model, "config", None) or {}).get("max_neighbors")
+    return None if cap is None else int(cap)
+
+
 def inductor_options(model: nn.Module) -> dict[str, object]:
     """Inductor settings a model's graph needs.  GauntEquiformerV2: with torch 2.13 the
     vectorised CPU code of one of its fused force kernels gives forces off by ~1e-2 eV/A
@@ -274,7 +295,8 @@ def packaged_potential(path, device: str | torch.device = "cpu",
     if torch.device(device).type != meta.get("AOTI_DEVICE_KEY", "cpu"):
         raise ModelFileError(f"{path} was built for {meta.get('AOTI_DEVICE_KEY')}, not "
                              f"{device}; export it again on that device")
-    config = {"species": meta["species"], "r_max": meta["r_max"], "e0s": meta["e0s"]}
+    config = {"species": meta["species"], "r_max": meta["r_max"], "e0s": meta["e0s"],
+              "forces": meta["forces"], "max_neighbors": meta["max_neighbors"]}
     potential = TracedPotential(runner, config, own, source=str(path))
     potential.metadata = meta
     return potential

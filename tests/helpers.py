@@ -54,34 +54,55 @@ def followed_by_nan(x: torch.Tensor | None) -> torch.Tensor | None:
 SLAB_SPECIES = (1, 6, 7, 8, 13, 29, 34)
 
 
+#: A one-block float64 GauntEquiformerV2 (Selfmix, gradient forces) for C/H/N/O.
+TINY_EQV2 = {
+    "architecture": "gaunt_equiformer_v2", "name": "gaunt_equiformer_v2_small",
+    "species": [1, 6, 7, 8], "r_max": 4.0, "num_layers": 1, "channels": 8, "lmax": 2,
+    "mmax": 1, "heads": 2, "attn_hidden": 8, "alpha_channels": 4, "value_channels": 4,
+    "ffn_hidden": 8, "edge_channels": 8, "num_radial": 8, "avg_num_neighbors": 10.0,
+    "e0s": {1: -13.6, 6: -1029.4, 7: -1484.9, 8: -2041.8}, "energy_shift": -1.0,
+    "energy_scale": 1.0, "forces": "gradient",
+}
+
+
 def trained_tiny_model(species: tuple[int, ...] = (1, 6, 7, 8), steps: int = 30,
-                       seed: int = 0) -> torch.nn.Module:
-    """The TINY model (with ``species``) after ``steps`` Adam steps on energies and forces
-    of ten 3BPA structures: weights that have learned something, in float64, eval mode.
-    Trained once per session and arguments; each call returns its own copy."""
+                       seed: int = 0, architecture: str = "gaunt_mace",
+                       **changes) -> torch.nn.Module:
+    """A tiny model (TINY, or TINY_EQV2 for ``architecture="gaunt_equiformer_v2"``, with
+    ``species`` and ``changes``) after ``steps`` Adam steps on energies and forces of ten
+    3BPA structures: weights that have learned something, in float64, eval mode.  Weights
+    of elements 3BPA lacks get a small perturbation, so that no part stays at its initial
+    value.  Trained once per session and arguments; each call returns its own copy."""
     import copy
 
-    return copy.deepcopy(_trained_tiny_model(tuple(species), steps, seed))
+    key = tuple(sorted(changes.items()))
+    return copy.deepcopy(_trained_tiny_model(tuple(species), steps, seed, architecture, key))
 
 
 @functools.cache
-def _trained_tiny_model(species: tuple[int, ...], steps: int, seed: int) -> torch.nn.Module:
+def _trained_tiny_model(species: tuple[int, ...], steps: int, seed: int, architecture: str,
+                        changes: tuple) -> torch.nn.Module:
     from pathlib import Path
 
     import ase.io
+    from torch_geometric.data import Batch
 
     from forcefield.data import AtomicData
     from forcefield.models import build_model
 
     torch.manual_seed(seed)
-    config = dict(TINY, species=list(species))
-    config["e0s"] = {z: TINY["e0s"].get(z, -1.0) for z in species}
+    base = TINY_EQV2 if architecture == "gaunt_equiformer_v2" else TINY
+    config = dict(base, species=list(species), **dict(changes))
+    config["e0s"] = {z: base["e0s"].get(z, -1.0) for z in species}
     model = build_model(config).double()
+    if architecture == "gaunt_equiformer_v2":  # its readouts start near zero
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
     data_file = Path(__file__).resolve().parents[1] / "data" / "3bpa" / "train_300K.xyz"
     frames = ase.io.read(data_file, ":10")
-    from torch_geometric.data import Batch
-
-    graphs = [AtomicData.from_ase(a, r_max=TINY["r_max"], check_labels=False) for a in frames]
+    graphs = [AtomicData.from_ase(a, r_max=config["r_max"], check_labels=False)
+              for a in frames]
     batch = Batch.from_data_list(graphs)
     energy = torch.tensor([a.get_potential_energy() for a in frames], dtype=torch.float64)
     forces = torch.cat([torch.as_tensor(a.get_forces()) for a in frames])

@@ -239,3 +239,24 @@ def test_resuming_a_run_saved_before_newer_keys_composes(tmp_path, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert "sweep" not in cfg and cfg["trainer"]["max_epochs"] == 3
     assert cfg["ckpt_path"].endswith("last.ckpt")
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"forces": "direct"}, "predicts forces directly (model.forces=direct), and a target=local"),
+    ({"max_neighbors": 8}, "has a neighbour cap (model.max_neighbors=8)"),
+])
+def test_export_local_refuses_direct_and_capped_models(changes, needle, tmp_path, capsys):
+    """LAMMPS packages need -dE/dx and cannot keep a neighbour cap: one sentence, nothing
+    written (the ase target takes both)."""
+    from helpers import TINY_EQV2
+
+    from forcefield.export import save_model
+    from forcefield.models import build_model
+
+    model = save_model(tmp_path / "model.pt", build_model(dict(TINY_EQV2, **changes)))
+    output = tmp_path / "local.pt2"
+    assert forcefield(["export", f"checkpoint={model}", f"output={output}", "format=pt2",
+                       "target=local"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert needle in line and str(model) in line and "target=ase" in line
+    assert not output.exists()

@@ -54,6 +54,7 @@ from forcefield.data.neighbours import neighbour_list  # noqa: E402
 from forcefield.direct_forces import check_direct_forces  # noqa: E402
 from forcefield.errors import ForceFieldError  # noqa: E402
 from forcefield.export import load_model, resolve_dtype  # noqa: E402
+from forcefield.traced import neighbour_cap  # noqa: E402
 
 __all__ = ["ForceFieldModel", "TorchSimInputError"]
 
@@ -154,6 +155,7 @@ class ForceFieldModel(ModelInterface):
         self._dtype = own if isinstance(own, torch.dtype) else next(model.parameters()).dtype
         config = getattr(model, "config", None) or {}
         self.r_max = float(config["r_max"])
+        self.max_neighbors = neighbour_cap(model)  # a package's graph trusts the edges given
         self.species = sorted(int(z) for z in config["species"])
         known = torch.zeros(max(119, max(self.species) + 1), dtype=torch.bool)
         known[self.species] = True
@@ -202,7 +204,8 @@ class ForceFieldModel(ModelInterface):
             start, stop = int(bounds[b]), int(bounds[b + 1])
             try:
                 i, j, s = neighbour_list(pos[start:stop], cells[b], pbc[b], self.r_max,
-                                         backend=self.neighbour_backend, index=b)
+                                         backend=self.neighbour_backend, index=b,
+                                         max_neighbors=self.max_neighbors)
             except DataError as err:
                 raise TorchSimInputError(str(err)) from None
             edges.append(np.stack((i, j)) + start)

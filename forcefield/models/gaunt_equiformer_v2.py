@@ -361,12 +361,10 @@ class GauntEquiformerV2(nn.Module):
             vec = pos_s[sender] - pos_s[receiver] + shift_vec
             r = torch.linalg.vector_norm(vec, dim=-1)
             keep = r < self.r_max
-            if self.max_neighbors is not None:
-                if ops.is_tracing():
-                    raise ValueError("a model with a neighbour cap (model.max_neighbors) "
-                                     "cannot be traced: the cap selects edges by value")
+            # traced: the caller's neighbour list is the cutoff's and the cap's (a graph of
+            # free edge count cannot select edges by value; forcefield.traced documents it)
+            if self.max_neighbors is not None and not ops.is_tracing():
                 keep = keep & nearest_neighbours(r.detach(), receiver, n, self.max_neighbors)
-            # traced: the caller's neighbour list is the cutoff's (the graph cannot select)
             if not ops.is_tracing() and not bool(keep.all()):
                 vec, r, sender, receiver = vec[keep], r[keep], sender[keep], receiver[keep]
             if self.config["cutoff_envelope"]:
