@@ -136,3 +136,27 @@ def test_loss_kinds_mae_and_l2mae():
     assert float(terms["forces"]) == pytest.approx(8.0 / 9.0)
     with pytest.raises(ValueError, match="training.loss.forces_kind"):
         LossConfig(forces_kind="l3")
+
+
+def test_build_model_resolves_every_preset_by_name():
+    """``build_model({"name": preset})`` builds that preset whatever its architecture (the
+    GauntEquiformerV2 presets once became a default GauntMACE here); a null given keeps the
+    constructor's default; a name that is no preset, without an architecture, is refused."""
+    from forcefield.models import preset_config
+
+    stats = {"species": [1, 6, 7, 8], "e0s": {1: -1.0, 6: -2.0, 7: -3.0, 8: -4.0},
+             "avg_num_neighbors": 10.0, "mean_interaction_energy_per_atom": 0.0,
+             "force_rms": 1.0}
+    small = build_model({"name": "gaunt_equiformer_v2_small"}, stats)
+    preset = preset_config("gaunt_equiformer_v2_small")
+    assert isinstance(small, GauntEquiformerV2)
+    for key in ("lmax", "channels", "num_layers", "ffn_grid_degree", "selfmix"):
+        assert small.config[key] == preset[key]
+    uncapped = build_model({"name": "gaunt_equiformer_v2_31m", "max_neighbors": None,
+                            "num_layers": 1, "channels": 8, "ffn_hidden": 8,
+                            "edge_channels": 8, "num_radial": 8}, stats)
+    assert preset_config("gaunt_equiformer_v2_31m")["max_neighbors"] == 20
+    assert uncapped.config["max_neighbors"] is None and uncapped.config["lmax"] == 4
+    assert isinstance(build_model({"name": "gaunt_mace_small"}, stats), GauntMACE)
+    with pytest.raises(ValueError, match="'gaunt_equiformer_v2_smal' is neither a preset"):
+        build_model({"name": "gaunt_equiformer_v2_smal"}, stats)

@@ -18,7 +18,8 @@ from .gaunt_equiformer_v2 import GauntEquiformerV2
 from .gaunt_mace import DEFAULT_CONFIG, GauntMACE
 
 __all__ = ["GauntMACE", "GauntEquiformerV2", "DEFAULT_CONFIG", "MODELS", "PRESETS",
-           "architecture_of", "build_model", "config_keys", "get_preset", "model_class"]
+           "architecture_of", "build_model", "config_keys", "get_preset", "model_class",
+           "preset_config", "preset_names"]
 
 #: architecture name -> model class
 MODELS: dict[str, type[torch.nn.Module]] = {
@@ -91,6 +92,29 @@ def get_preset(name: str) -> dict[str, Any]:
     return copy.deepcopy(PRESETS[name])
 
 
+def preset_names() -> list[str]:
+    """Every preset ``model=<name>`` names: the files of conf/model/ (GauntMACE's are also
+    ``PRESETS``)."""
+    return sorted({*PRESETS, *(path.stem for path in _preset_dir().glob("*.yaml"))})
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """The preset's values as conf/model/<name>.yaml gives them (``architecture`` included);
+    null values are those the training data's statistics fill."""
+    import yaml
+
+    path = _preset_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown model preset {name!r}; choose one of {preset_names()}")
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def _preset_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "conf" / "model"
+
+
 def _plain(obj: Any) -> Any:
     """DictConfig/ListConfig/Mapping -> plain dict/list (without importing omegaconf)."""
     if isinstance(obj, Mapping) or hasattr(obj, "items"):
@@ -119,10 +143,22 @@ def build_model(model_cfg: Mapping[str, Any] | None, statistics: Any = None) -> 
     (-> energy_scale) fill every key that the config leaves unset (None or absent).
     """
     cfg = _plain(model_cfg) if model_cfg is not None else {}
-    architecture = architecture_of(cfg)
     name = cfg.get("name")
-    base = get_preset(name) if name in PRESETS and architecture == "gaunt_mace" else {}
-    cfg = {**base, **{k: v for k, v in cfg.items() if v is not None}}
+    if name is not None and cfg.get("architecture") is None and name not in preset_names():
+        raise ValueError(f"model name {name!r} is neither a preset ({', '.join(preset_names())})"
+                         " nor given with an architecture; name a preset, or give "
+                         "model.architecture and the hyperparameters")
+    if name in PRESETS and architecture_of(cfg) == "gaunt_mace":
+        # GauntMACE presets: a null value means the preset's
+        cfg = {**get_preset(name), **{k: v for k, v in cfg.items() if v is not None}}
+    elif name in preset_names() and name not in PRESETS:
+        preset = preset_config(name)
+        if cfg.get("architecture") in (None, preset["architecture"]):
+            # the other presets (conf/model/*.yaml): keys absent from the config are the
+            # preset's; a null given means the constructor's default (e.g. no neighbour cap)
+            cfg = {**preset, **cfg}
+    architecture = architecture_of(cfg)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
     fill = {
         "species": _stat(statistics, "species"),
         "e0s": _stat(statistics, "e0s"),
