@@ -12,8 +12,8 @@ Initial velocities are drawn from the Maxwell-Boltzmann distribution at
 ``temperature_K`` (seeded) and the total momentum is removed. Outputs in
 ``output_dir``: ``md.traj`` (ASE trajectory, every ``log_interval`` steps), ``md.log``
 (time, potential, kinetic and total energy, temperature) and ``md_summary.json`` (steps,
-steps per second, maximum |E_total - E_total(0)| per atom in meV, final temperature),
-written atomically.
+steps per second, maximum |E_total - E_total(0)| per atom in meV, final temperature, the
+number of torch.compile compilations during the run), written atomically.
 """
 
 from __future__ import annotations
@@ -222,6 +222,7 @@ def run_md(
 
     dyn.attach(step_observer, interval=1)
     dyn.attach(record, interval=log_interval)
+    compiled_before = _compilations()
     start = time.perf_counter()
     try:
         dyn.run(steps)
@@ -258,6 +259,9 @@ def run_md(
         "initial_total_energy_eV": _finite(state["e0"]) if state["e0"] is not None else None,
         "final_total_energy_eV": _finite(state["epot"] + state["ekin"]),
         "final_temperature_K": _finite(temp),
+        # graphs torch.compile built during the run (compile=true: 1, the first call's, with
+        # no recompilation as atoms move and edge counts change; 0 for eager and .pt2)
+        "compilations": _compilations() - compiled_before,
     }
     atomic_write_json(out / "md_summary.json", summary)
     if state["status"] == "diverged":
@@ -267,6 +271,17 @@ def run_md(
             f"or check the structure; partial results are in {out}"
         )
     return summary
+
+
+def _compilations() -> int:
+    """How many graphs torch.compile has compiled in this process so far."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:  # nothing was compiled
+        return 0
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 __all__ = ["ENSEMBLES", "MDDivergedError", "MDError", "run_md"]

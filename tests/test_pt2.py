@@ -162,6 +162,21 @@ def test_compiled_equals_eager_without_recompiling(trained, structures) -> None:
     assert counters["stats"]["unique_graphs"] == 1
 
 
+def test_compiled_md_compiles_once(trained, structures, tmp_path) -> None:
+    """An NVE run with compile=true compiles its graph on the first step and never again
+    (md_summary.json counts the compilations), with the eager run's energies."""
+    from forcefield.md import run_md
+
+    runs = {}
+    for name, calc in (("compiled", ForceFieldCalculator(trained, compile=True)),
+                       ("eager", ForceFieldCalculator(trained))):
+        runs[name] = run_md(calc, structures["molecule"], steps=60, progress=False,
+                            output_dir=tmp_path / name)
+    assert runs["compiled"]["compilations"] == 1 and runs["eager"]["compilations"] == 0
+    assert runs["compiled"]["final_total_energy_eV"] == pytest.approx(
+        runs["eager"]["final_total_energy_eV"], abs=1e-9)
+
+
 def test_metadata_is_read_without_loading(trained, packages) -> None:
     meta = read_pt2_metadata(packages["float64"])
     assert meta["species"] == list(SLAB_SPECIES)
